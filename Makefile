@@ -1,0 +1,33 @@
+# hubsync: PGXS build.
+#
+# The install script hubsync--1.0.sql is assembled from the parts in
+# src/sql/, in name order, so that each concern (mirror schema, sync writes,
+# queue, scheduling) can be read on its own.
+
+EXTENSION = hubsync
+MODULE_big = hubsync
+OBJS = \
+	src/hubsync.o \
+	src/http.o \
+	src/hubspot.o \
+	src/json_util.o \
+	src/sync.o \
+	src/progress.o
+PGFILEDESC = "hubsync - HubSpot CRM mirror and QuickBooks review queue"
+
+SQL_PARTS = $(sort $(wildcard src/sql/*.sql))
+DATA_built = hubsync--1.0.sql
+
+PG_CPPFLAGS = -I$(srcdir)/src $(shell curl-config --cflags)
+SHLIB_LINK = $(shell curl-config --libs)
+
+# pg_regress (make installcheck): SQL-level behaviour, run against the
+# cluster that test/run-tests.sh starts with hubsync preloaded.
+REGRESS = schema conversions settings errors
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+hubsync--1.0.sql: $(SQL_PARTS)
+	cat $(SQL_PARTS) > $@

@@ -1,0 +1,91 @@
+-- Test helpers, installed by test/run-tests.sh into the test database.
+-- They drive the local HubSpot-compatible server's control API through
+-- test/hubspot_ctl.py (COPY FROM PROGRAM, so superuser only) and reset
+-- hubsync's state between test files.  Nothing here is part of hubsync.
+
+CREATE EXTENSION IF NOT EXISTS pgtap;
+CREATE EXTENSION IF NOT EXISTS pg_cron;
+CREATE EXTENSION IF NOT EXISTS hubsync;
+
+CREATE SCHEMA IF NOT EXISTS hubsync_test;
+
+-- Single-quote a string for /bin/sh.
+CREATE OR REPLACE FUNCTION hubsync_test.shell_quote(value text) RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN '''' || replace(value, '''', '''\''''') || '''';
+
+-- Lines printed by hubspot_ctl.py for one control call.
+CREATE OR REPLACE FUNCTION hubsync_test.ctl_lines(verb text, body jsonb DEFAULT NULL)
+RETURNS SETOF text
+LANGUAGE plpgsql AS $$
+DECLARE
+    command text;
+BEGIN
+    command := format('python3 %s --url %s %s %s',
+                      hubsync_test.shell_quote(current_setting('hubsync_test.ctl')),
+                      hubsync_test.shell_quote(current_setting('hubsync_test.mock_url')),
+                      hubsync_test.shell_quote(verb),
+                      CASE WHEN body IS NULL THEN '' ELSE hubsync_test.shell_quote(body::text) END);
+    CREATE TEMP TABLE IF NOT EXISTS hubsync_test_output (n serial, line text);
+    TRUNCATE hubsync_test_output;
+    -- CSV with quote and delimiter characters that never occur keeps each
+    -- output line exactly as printed, backslashes included.
+    EXECUTE format('COPY hubsync_test_output (line) FROM PROGRAM %L'
+                   ' WITH (FORMAT csv, DELIMITER E''\x01'', QUOTE E''\x02'')', command);
+    RETURN QUERY SELECT line FROM hubsync_test_output WHERE line <> '' ORDER BY n;
+END;
+$$;
+
+-- One control call whose response is a single JSON document.
+CREATE OR REPLACE FUNCTION hubsync_test.mock(verb text, body jsonb DEFAULT NULL)
+RETURNS jsonb
+LANGUAGE sql
+RETURN (SELECT string_agg(l, E'\n')::jsonb FROM hubsync_test.ctl_lines(verb, body) AS l);
+
+-- Every live (or archived) record of one type, as the API shapes it.
+CREATE OR REPLACE FUNCTION hubsync_test.dump(entity_type text, archived boolean DEFAULT false)
+RETURNS SETOF jsonb
+LANGUAGE sql
+AS $$
+    SELECT l::jsonb FROM hubsync_test.ctl_lines(
+        'dump', jsonb_build_object('type', entity_type, 'archived', archived)) AS l;
+$$;
+
+CREATE OR REPLACE FUNCTION hubsync_test.dump_associations(from_type text, to_type text)
+RETURNS SETOF jsonb
+LANGUAGE sql
+AS $$
+    SELECT l::jsonb FROM hubsync_test.ctl_lines(
+        'dump_associations', jsonb_build_object('from_type', from_type, 'to_type', to_type)) AS l;
+$$;
+
+-- Request log of the server since the last reset or stats/clear.
+CREATE OR REPLACE FUNCTION hubsync_test.requests() RETURNS SETOF jsonb
+LANGUAGE sql
+AS $$
+    SELECT r FROM jsonb_array_elements(hubsync_test.mock('stats')->'requests') AS r;
+$$;
+
+-- Fresh portal on the server and an empty mirror with no watermarks.
+CREATE OR REPLACE FUNCTION hubsync_test.reset(portal text DEFAULT 'small') RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t text;
+BEGIN
+    PERFORM hubsync_test.mock('reset', jsonb_build_object('portal', portal));
+    -- Every table of schema hubsync that holds state rather than configuration.
+    FOR t IN
+        SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'hubsync' AND c.relkind = 'r'
+          AND c.relname NOT IN ('object_types', 'association_types', 'sync_properties',
+                                'tracked_fields', 'sync_watermarks')
+    LOOP
+        EXECUTE format('TRUNCATE hubsync.%I RESTART IDENTITY CASCADE', t);
+    END LOOP;
+    UPDATE hubsync.sync_watermarks
+       SET last_sync_at = NULL, last_modified_at = NULL, last_modified_id = NULL,
+           indexed_before = NULL, entity_count = 0, last_archive_scan_at = NULL,
+           last_reconcile_at = NULL;
+    DELETE FROM hubsync.sync_properties WHERE NOT is_default;
+END;
+$$;
