@@ -32,7 +32,7 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 class CtlError(Exception):
-    """A request that could not be built or sent; the message says why."""
+    """A request that could not be built or sent; the message gives the reason."""
 
 
 def parse_args(argv):

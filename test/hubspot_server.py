@@ -3,13 +3,15 @@
 
 The server imitates the parts of HubSpot's CRM v3 objects API and v4
 associations API that hubsync uses, for contacts, companies, line items and
-invoices. It generates deterministic portals ("demo", "small", "empty") and
-reproduces the behaviour a sync engine must cope with: cursor and offset
-paging, the 10,000-result search cap, ties in timestamps ordered by a hash of
-the id, a search index that lags behind writes, merges that change ids,
-archiving that does not bump last-modified, rate limits and their 429 bodies,
-and injectable faults (error statuses, resets, hangs, truncated or malformed
-bodies).
+invoices. It generates deterministic portals ("demo", "small", "empty").
+
+It reproduces the behaviour a sync engine must cope with:
+- cursor paging on lists and offset paging on search, with the 10,000-result cap;
+- ties in timestamps, ordered by a hash of the id rather than by id;
+- a search index that lags behind writes;
+- merges that change ids, and archiving that does not bump last-modified;
+- rate limits with HubSpot's 429 bodies;
+- injectable faults: error statuses, resets, hangs, truncated or malformed bodies.
 
 A control API under /_mock/ (no auth, never rate limited) lets tests reset
 data, change configuration, install faults, edit records and read request
@@ -328,7 +330,7 @@ def has_value(value):
 # ---------------------------------------------------------------------------
 
 class ApiError(Exception):
-    """An error answered with HubSpot's standard error JSON."""
+    """An API error, sent to the client as HubSpot's standard error JSON."""
 
     def __init__(self, status, category, message, **extra):
         super().__init__(message)
@@ -503,7 +505,7 @@ class Store:
         return props
 
     def insert_generated(self, otype, record_id, properties, created_ms, modified_ms):
-        """Add a generated record that search sees from the start."""
+        """Add a generated record, visible to search from the start."""
         props = self.make_props(otype, record_id, properties, created_ms, modified_ms)
         record = Record(record_id, RecordState(props, created_ms, modified_ms, None))
         record.versions.append((0, record.state))
@@ -705,24 +707,27 @@ class Store:
         del ids[bisect_left(ids, record_id)]
         self.generation[otype] += 1
 
-    def bulk_stamp(self, otype, count, modified_ms, make_properties):
-        """Give count records exactly one last-modified ms, creating any missing ones.
+    def bulk_stamp(self, otype, count, modified_ms, make_properties, spread_ms=0):
+        """Stamp count records with last-modified times, creating any missing ones.
 
-        Live records are reused in ascending id order; make_properties(record_id)
-        supplies the properties of records that have to be created.
+        Record i (from 0) gets modified_ms + i * spread_ms, so spread_ms 0 gives
+        them all exactly one millisecond.  Live records are reused in ascending
+        id order; make_properties(record_id) supplies the properties of records
+        that have to be created.
         """
         reused = 0
         for record in list(self.records[otype].values()):
             if reused == count:
                 break
             if record.state.archived_ms is None:
-                self.update(otype, record.id, {}, modified_ms)
+                self.update(otype, record.id, {}, modified_ms + reused * spread_ms)
                 reused += 1
         created = 0
         while reused + created < count:
+            stamp = modified_ms + (reused + created) * spread_ms
             properties = make_properties(self.next_id[otype])
-            self.create(otype, properties, created_ms=min(now_ms(), modified_ms),
-                        modified_ms=modified_ms)
+            self.create(otype, properties, created_ms=min(now_ms(), stamp),
+                        modified_ms=stamp)
             created += 1
         return reused, created
 
@@ -863,7 +868,7 @@ class TextOperand:
     """
 
     def __init__(self, value, case_sensitive):
-        self.raw = str(value)
+        self.raw = property_value_to_string("filter value", value)
         self.case_sensitive = case_sensitive
         self.number = parse_number(self.raw)
         self.text = self.raw if case_sensitive else self.raw.casefold()
@@ -956,7 +961,7 @@ def compile_filter(otype, spec):
         "LT": lambda c: c < 0, "LTE": lambda c: c <= 0,
         "GT": lambda c: c > 0, "GTE": lambda c: c >= 0,
     }[operator]
-    # NOTE: NEQ matching records without a value is a guess; HubSpot does not say.
+    # NOTE: NEQ matching records without a value is a guess; HubSpot does not document it.
     unset_result = operator == "NEQ"
 
     def compare_filter(rid, state):
@@ -969,11 +974,11 @@ def compile_filter(otype, spec):
 
 
 def token_matcher(value, name):
-    """Return a function testing a text for a CONTAINS_TOKEN value.
+    """Return a function that tests a text against a CONTAINS_TOKEN value.
 
-    A value of word characters must equal one word of the text; "*" is a
-    wildcard within a word; any other value matches as a substring.
-    NOTE: an approximation of HubSpot's tokenizer, which is not documented.
+    A value of word characters must equal one word of the text. A "*" in the
+    value is a wildcard within a word. Any other value matches as a substring.
+    NOTE: this approximates HubSpot's tokenizer, which is not documented.
     """
     if value is None or str(value) == "":
         raise validation_error(f"Filter CONTAINS_TOKEN on {name} needs a value")
@@ -1026,7 +1031,7 @@ class SearchQuery:
         self.after = 0 if after in (None, "") else self._parse_int(after, "after")
         if self.after < 0:
             raise validation_error(f"after must not be negative; got {self.after}")
-        # HubSpot answers 400 for any page reaching past the 10,000th result.
+        # HubSpot returns 400 for any page reaching past the 10,000th result.
         if self.after >= SEARCH_MAX_RESULTS or self.after + self.limit > SEARCH_MAX_RESULTS:
             raise validation_error(
                 f"Search results are capped at {SEARCH_MAX_RESULTS}: after ({self.after}) "
@@ -1321,6 +1326,7 @@ class PortalBuilder:
         rng, count = self.rng, self.size.contacts
         props_list, companies_of = [], []
         emails = set()
+
         for position in range(count):
             first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
             company_positions = self.company_positions_for_contact(position)
@@ -1341,12 +1347,14 @@ class PortalBuilder:
                 props["phone"] = f"+44 20 {rng.randint(1000, 9999)} {rng.randint(1000, 9999)}"
             props_list.append(props)
         self.apply_contact_oddities(props_list)
+
         created = self.creation_times(count)
         modified = self.modification_times(created)
         for position in range(count):
             if rng.random() < 0.6:
                 visited = rng.randint(created[position], modified[position])
                 props_list[position]["notes_last_updated"] = iso_from_ms(visited)
+
         ids, merged = self.assign_ids("contacts", count, self.MERGED_CONTACT_POSITION)
         self.insert("contacts", ids, merged, props_list, created, modified)
         self.contact_ids = ids
@@ -1452,6 +1460,7 @@ class PortalBuilder:
             balance = money(billed_cents // 2)
         else:
             balance = money(billed_cents)
+
         props = {
             "hs_number": f"INV-{1000 + position:06d}",
             "hs_invoice_status": status, "hs_currency": currency,
@@ -1462,11 +1471,13 @@ class PortalBuilder:
         }
         if rng.random() < 0.5:
             props["hs_comments"] = "Thank you for your business."
+
         # Sloppy dates: epoch seconds and epoch ms strings instead of ISO.
         if position == 4 or position % 211 == 50:
             props["hs_invoice_date"] = str(invoice_day // 1000)
         if position == 5 or position % 223 == 60:
             props["hs_due_date"] = str(due_day)
+
         fixed = {
             0: {"hs_comments": LONG_COMMENT},
             3: {"hs_title": 'Rush order 🚀 for "Big" Co – O\'Brien'},
@@ -1575,7 +1586,7 @@ class RateLimiter:
 
 
 FAULT_KINDS = {"status", "html", "reset", "hang", "truncate", "malformed", "nul", "rate429"}
-# Faults answered without running the request at all.
+# Faults whose response replaces the request's; the endpoint does not run.
 RESPONSE_FAULTS = {"status", "html", "reset", "rate429"}
 
 
@@ -1846,8 +1857,9 @@ class MockApp:
         self.startup_token = token
         self.realistic = realistic
         self.port = None
-        self.request_log = open(log_path, "a", encoding="utf-8", buffering=1) \
-            if log_path else None
+        self.request_log = None
+        if log_path:
+            self.request_log = open(log_path, "a", encoding="utf-8", buffering=1)
         self.request_log_lock = threading.Lock()
         self.hang_release = threading.Event()
         self.reset(portal, seed)
@@ -1999,7 +2011,8 @@ class MockApp:
         category, message = FAULT_STATUS_ERRORS.get(fault.status, ("ERROR", "error"))
         payload = {"status": "error", "message": fault.message or message,
                    "correlationId": correlation_id, "category": category}
-        # HubSpot says every field is optional, so every other injection adds the rest.
+        # HubSpot documents every field but these as optional, so only every
+        # other injection adds errors, context and links.
         if fault.injected % 2 == 0:
             payload.update(errors=[], context={}, links={})
         if fault.status == 403:
@@ -2214,8 +2227,7 @@ class MockApp:
         # HubSpot does not keep input order; this order is by hash, never input order.
         records = sorted(found.values(), key=lambda r: tie_hash(r.id))
         input_order = [r.id for r in found.values()]
-        records = list(found.values())
-        if False:
+        if len(records) > 1 and [r.id for r in records] == input_order:
             records.reverse()
         result = {"status": "COMPLETE",
                   "results": [self.serialize(otype, r.id, r.state, wanted, history)
@@ -2513,12 +2525,12 @@ class MockApp:
                 raise ControlError(400, "The body must be a JSON object")
             with self.lock:
                 return handler(self, payload, query)
-        except ControlError as err:
-            return json_response(err.status, {"status": "error", "message": err.message})
-        except ApiError as err:
-            return json_response(err.status, {"status": "error", "message": err.message})
+        except (ControlError, ApiError) as err:
+            status, message = err.status, err.message
         except (TypeError, ValueError) as err:
-            return json_response(400, {"status": "error", "message": f"Invalid request: {err}"})
+            status, message = 400, f"Invalid request: {err}"
+        LOG.warning("control request %s %s failed with %d: %s", method, path, status, message)
+        return json_response(status, {"status": "error", "message": message})
 
     @staticmethod
     def control_type(payload, key="type"):
@@ -2565,7 +2577,9 @@ class MockApp:
         otype = self.control_type(payload)
         record_id = self.control_field(payload, "id")
         changes = self.written_properties(otype, payload.get("properties", {}), public=False)
-        record = self.store.update(otype, record_id, changes, payload.get("modified_at"))
+        modified = payload.get("modified_at")
+        record = self.store.update(otype, record_id, changes,
+                                   None if modified is None else int(modified))
         return json_response(200, self.record_json(otype, record))
 
     def control_create(self, payload, query):
@@ -2578,8 +2592,9 @@ class MockApp:
             type_id = int(item.get("type_id") or DEFAULT_ASSOCIATION.get((otype, to_type), 0))
             self.store.association_type(otype, to_type, type_id)
             links.append((to_type, target.id, type_id))
-        record = self.store.create(otype, changes, payload.get("created_at"),
-                                   payload.get("modified_at"))
+        created, modified = payload.get("created_at"), payload.get("modified_at")
+        record = self.store.create(otype, changes, None if created is None else int(created),
+                                   None if modified is None else int(modified))
         for to_type, to_id, type_id in links:
             self.store.link(otype, record.id, to_type, to_id, type_id)
         return json_response(200, {"id": str(record.id)})
@@ -2597,7 +2612,7 @@ class MockApp:
     def control_merge(self, payload, query):
         otype = self.control_type(payload)
         if otype not in ("contacts", "companies"):
-            raise ControlError(400, f"merging is only supported for contacts and companies")
+            raise ControlError(400, "merging is only supported for contacts and companies")
         merged = self.store.merge(otype, self.control_field(payload, "primary"),
                                   self.control_field(payload, "secondary"))
         return json_response(200, {"id": str(merged.id)})
@@ -2638,8 +2653,10 @@ class MockApp:
         count = int(self.control_field(payload, "count"))
         modified = int(payload.get("modified_at", now_ms()))
         started = time.perf_counter()
+        spread = int(payload.get("spread_ms", 0))
         reused, created = self.store.bulk_stamp(
-            otype, count, modified, lambda record_id: bulk_properties(otype, record_id))
+            otype, count, modified, lambda record_id: bulk_properties(otype, record_id),
+            spread)
         LOG.info("bulk_stamp %s: %d reused, %d created at %d in %.2fs", otype, reused,
                  created, modified, time.perf_counter() - started)
         return json_response(200, {"reused": reused, "created": created,

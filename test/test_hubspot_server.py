@@ -2,7 +2,7 @@
 """Self-check of test/hubspot_server.py and test/hubspot_ctl.py.
 
 Starts the server in this process on a free 127.0.0.1 port and talks to it
-over HTTP. Run:  python3 test/test_hubspot_server.py   (about 5-10 s)
+over HTTP. Run:  python3 test/test_hubspot_server.py   (takes a few seconds)
 """
 
 import gzip
@@ -394,14 +394,14 @@ class SearchTest(ServerTestCase):
         self.assertEqual(total("contacts", groups=either), 2)
 
     def test_filter_count_and_body_limits(self):
-        one = {"propertyName": "hs_object_id", "operator": "GT", "value": "0"}
-        self.assertEqual(search("contacts", {"filterGroups": [{"filters": [one] * 6}] * 3})
+        any_id = {"propertyName": "hs_object_id", "operator": "GT", "value": "0"}
+        self.assertEqual(search("contacts", {"filterGroups": [{"filters": [any_id] * 6}] * 3})
                          .status, 200)
-        self.assertEqual(search("contacts", {"filterGroups": [{"filters": [one]}] * 6})
+        self.assertEqual(search("contacts", {"filterGroups": [{"filters": [any_id]}] * 6})
                          .status, 400)
-        self.assertEqual(search("contacts", {"filterGroups": [{"filters": [one] * 7}]})
+        self.assertEqual(search("contacts", {"filterGroups": [{"filters": [any_id] * 7}]})
                          .status, 400)
-        self.assertEqual(search("contacts", {"filterGroups": [{"filters": [one] * 5}] * 4})
+        self.assertEqual(search("contacts", {"filterGroups": [{"filters": [any_id] * 5}] * 4})
                          .status, 400)
         self.assertEqual(search("contacts", {"query": "x" * 3000}).status, 400)
 
