@@ -29,5 +29,8 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# Every object depends on the shared headers.
+$(OBJS): $(wildcard src/*.h)
+
 hubsync--1.0.sql: $(SQL_PARTS)
 	cat $(SQL_PARTS) > $@

@@ -32,7 +32,6 @@ hs_install_packages() {
 
 hs_build() {
     hs_log "building and installing hubsync"
-    make -C "$HS_REPO" -s clean >/dev/null
     make -C "$HS_REPO" -s >/dev/null
     make -C "$HS_REPO" -s install >/dev/null
 }
