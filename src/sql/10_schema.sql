@@ -52,14 +52,40 @@ INSERT INTO hubsync.association_types VALUES
 -- are always requested in addition.
 CREATE TABLE hubsync.sync_properties (
     entity_type   text NOT NULL REFERENCES hubsync.object_types,
-    property_name text NOT NULL
-        CHECK (property_name ~ '^[a-z0-9_]{1,100}$'),
+    property_name text NOT NULL,
     is_default    boolean NOT NULL DEFAULT false,
     PRIMARY KEY (entity_type, property_name)
 );
 COMMENT ON TABLE hubsync.sync_properties IS 'HubSpot properties requested per object type; add rows to sync more properties';
 COMMENT ON COLUMN hubsync.sync_properties.property_name IS 'HubSpot internal property name (lower case letters, digits and underscores)';
 COMMENT ON COLUMN hubsync.sync_properties.is_default IS 'Shipped with hubsync; the typed columns depend on these rows';
+
+-- Reject a row with a message that says what is wrong and what is valid,
+-- instead of a bare constraint violation.  Names end up in search request
+-- bodies and list URLs, which is why only HubSpot's own name alphabet is
+-- accepted.
+CREATE FUNCTION hubsync._check_sync_property() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM hubsync.object_types WHERE entity_type = NEW.entity_type) THEN
+        RAISE EXCEPTION 'unknown HubSpot object type "%"', NEW.entity_type
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use one of: companies, contacts, line_items, invoices.';
+    END IF;
+    IF NEW.property_name !~ '^[a-z0-9_]{1,100}$' THEN
+        RAISE EXCEPTION 'invalid HubSpot property name "%"', NEW.property_name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use the internal name (lower case letters, digits and underscores), as GET /crm/v3/properties/<object type> lists it.';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER sync_properties_check
+    BEFORE INSERT OR UPDATE ON hubsync.sync_properties
+    FOR EACH ROW EXECUTE FUNCTION hubsync._check_sync_property();
 
 INSERT INTO hubsync.sync_properties (entity_type, property_name, is_default)
 SELECT t, p, true

@@ -1,0 +1,23 @@
+-- Clear errors for bad input, before anything is sent to HubSpot.
+\set VERBOSITY default
+SELECT * FROM hubsync_incremental('deals');
+SELECT hubsync_reset_watermark('Contacts');
+
+SET hubsync.hubspot_token = '';
+SELECT * FROM hubsync_incremental('contacts');
+RESET hubsync.hubspot_token;
+
+INSERT INTO hubsync.sync_properties (entity_type, property_name) VALUES ('contacts', 'Bad Name');
+INSERT INTO hubsync.sync_properties (entity_type, property_name) VALUES ('deals', 'dealname');
+
+-- An unreachable server: a connection error with a hint, after no retries.
+SET hubsync.hubspot_url = 'http://127.0.0.1:9';
+SET hubsync.max_retries = 0;
+DO $$
+BEGIN
+    PERFORM * FROM hubsync_incremental('companies');
+EXCEPTION WHEN OTHERS THEN
+    RAISE NOTICE 'sqlstate %: %', SQLSTATE, regexp_replace(SQLERRM, ': .*', ': <libcurl message>');
+END;
+$$;
+SELECT entity_type, last_modified_at FROM hubsync.sync_watermarks WHERE entity_type = 'companies';
