@@ -21,6 +21,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "tcop/tcopprot.h"
 #include "nodes/parsenodes.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -52,6 +53,7 @@ bool		hs_progress_notices = true;
 char	   *hs_first_load = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static emit_log_hook_type prev_emit_log_hook = NULL;
 
 void		_PG_init(void);
 
@@ -110,6 +112,76 @@ check_first_load(char **newval, void **extra, GucSource source)
 		return true;
 	GUC_check_errdetail("Valid values are \"baseline\" and \"enqueue\".");
 	return false;
+}
+
+/* Copy of text with every occurrence of secret replaced, or NULL. */
+static char *
+replace_secret(const char *text, const char *secret)
+{
+	StringInfoData buf;
+	const char *p = text;
+	const char *hit;
+	size_t		secret_len = strlen(secret);
+
+	if (text == NULL || strstr(text, secret) == NULL)
+		return NULL;
+	initStringInfo(&buf);
+	while ((hit = strstr(p, secret)) != NULL)
+	{
+		appendBinaryStringInfo(&buf, p, hit - p);
+		appendStringInfoString(&buf, "[redacted]");
+		p = hit + secret_len;
+	}
+	appendStringInfoString(&buf, p);
+	return buf.data;
+}
+
+/*
+ * Keep the token out of the server log.  PostgreSQL itself logs
+ * 'parameter "hubsync.hubspot_token" changed to "<value>"' when a reload
+ * picks up a new value from postgresql.auto.conf, and statement logging
+ * would show the value of an ALTER SYSTEM or SET.  This hook runs before
+ * any message is written: it cuts the value off such messages, hides the
+ * statement text that names the setting, and masks the current token
+ * wherever else it appears.  It is installed in every process that loads
+ * hubsync, so with hubsync in shared_preload_libraries it covers the
+ * postmaster, which writes the reload message.
+ */
+static void
+redact_token_in_log(ErrorData *edata)
+{
+	const char *name = "hubsync.hubspot_token";
+	char	   *found;
+
+	if (edata->message != NULL && (found = strstr(edata->message, name)) != NULL)
+	{
+		size_t		keep = (found - edata->message) + strlen(name);
+
+		if (edata->message[keep] == '"')
+			keep++;
+		edata->message = psprintf("%.*s ... [value redacted]", (int) keep, edata->message);
+	}
+	if (debug_query_string != NULL && strstr(debug_query_string, name) != NULL)
+		edata->hide_stmt = true;
+
+	if (hs_hubspot_token != NULL && strlen(hs_hubspot_token) >= 4)
+	{
+		char	   *clean;
+
+		if ((clean = replace_secret(edata->message, hs_hubspot_token)) != NULL)
+			edata->message = clean;
+		if ((clean = replace_secret(edata->detail, hs_hubspot_token)) != NULL)
+			edata->detail = clean;
+		if ((clean = replace_secret(edata->hint, hs_hubspot_token)) != NULL)
+			edata->hint = clean;
+		if ((clean = replace_secret(edata->context, hs_hubspot_token)) != NULL)
+			edata->context = clean;
+		if (debug_query_string != NULL && strstr(debug_query_string, hs_hubspot_token) != NULL)
+			edata->hide_stmt = true;
+	}
+
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
 }
 
 void
@@ -251,6 +323,9 @@ _PG_init(void)
 							   check_first_load, NULL, NULL);
 
 	MarkGUCPrefixReserved("hubsync");
+
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = redact_token_in_log;
 
 	hs_http_init();
 
