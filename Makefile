@@ -12,6 +12,8 @@ OBJS = \
 	src/hubspot.o \
 	src/json_util.o \
 	src/sync.o \
+	src/sync_records.o \
+	src/sync_search.o \
 	src/progress.o
 PGFILEDESC = "hubsync - HubSpot CRM mirror and QuickBooks review queue"
 
