@@ -462,6 +462,11 @@ hubsync_run(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(0))
 		types = list_make1(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 
+	if (!nonatomic)
+		ereport(NOTICE,
+				(errmsg("hubsync_run cannot commit here, so it syncs in the current transaction"),
+				 errhint("Call it as a statement of its own, outside BEGIN ... COMMIT and not in a multi-statement query string, to commit after every page.")));
+
 	SPI_connect_ext(nonatomic ? SPI_OPT_NONATOMIC : 0);
 	if (types == NIL)
 		types = hs_entity_types();
