@@ -194,27 +194,6 @@ hs_progress_take_failure(int entity_index, HsPendingFailure *failure)
 	return found;
 }
 
-/* Put back a failure that could not be recorded, so it is not lost. */
-void
-hs_progress_restore_failure(int entity_index, const HsPendingFailure *failure)
-{
-	ProgressSlot *slot;
-
-	if (progress == NULL)
-		return;
-	slot = &progress->slots[entity_index];
-	LWLockAcquire(progress->lock, LW_EXCLUSIVE);
-	if (!slot->failure_pending)
-	{
-		slot->failure_pending = true;
-		slot->failed_started_at = failure->started_at;
-		slot->failed_at = failure->failed_at;
-		slot->failed_stats = failure->stats;
-		strlcpy(slot->failed_error, failure->error, HS_PROGRESS_ERROR_SIZE);
-	}
-	LWLockRelease(progress->lock);
-}
-
 PG_FUNCTION_INFO_V1(hubsync_progress);
 
 /*

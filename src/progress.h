@@ -25,7 +25,5 @@ typedef struct HsPendingFailure
 
 extern bool hs_progress_available(void);
 extern bool hs_progress_take_failure(int entity_index, HsPendingFailure *failure);
-extern void hs_progress_restore_failure(int entity_index,
-										const HsPendingFailure *failure);
 
 #endif							/* HUBSYNC_PROGRESS_H */
