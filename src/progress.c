@@ -8,8 +8,10 @@
  * object type therefore has a slot in shared memory that the running sync
  * updates after every page: phase, counters and the watermark reached.
  * The slot also keeps the error of the last failed run, because a failed
- * SELECT rolls back the history row it would have written; the next run of
- * that type writes the failure into hubsync.sync_runs.
+ * SELECT rolls back the history row it would have written.  The next run
+ * of that type writes the failure into hubsync.sync_runs.  Only the latest
+ * failure is kept: when that next run fails in its own transaction too,
+ * its failure replaces the earlier one.
  *
  * The slots exist only when hubsync is in shared_preload_libraries.
  * Without it syncs work as usual and hubsync.sync_progress is empty.
