@@ -27,6 +27,7 @@ import argparse
 import base64
 import binascii
 import gzip
+import itertools
 import json
 import logging
 import os
@@ -1922,7 +1923,9 @@ class MockApp:
         route = match_route(method, path)
         is_search = route.kind == "search"
         info = describe_request(route, query, body)
-        info.update(method=method, path=path)
+        info.update(method=method, path=path,
+                    connection=headers.get("X-Mock-Connection"),
+                    gzip=accepts_gzip(headers.get("Accept-Encoding")))
 
         with self.lock:
             fault = pick_fault(self.faults, method, path)
@@ -2763,6 +2766,9 @@ def accepts_gzip(header_value):
     return False
 
 
+CONNECTION_NUMBERS = itertools.count(1)
+
+
 class MockRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"   # keep-alive; every response sends Content-Length
     server_version = "hubspot-mock/1.0"
@@ -2785,6 +2791,8 @@ class MockRequestHandler(BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
+        # A number per TCP connection, so the statistics show keep-alive reuse.
+        self.connection_number = next(CONNECTION_NUMBERS)
         # Without this, a small header write followed by the body waits for the
         # client's delayed ACK (about 40 ms per response on Linux).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -2803,6 +2811,7 @@ class MockRequestHandler(BaseHTTPRequestHandler):
             response = json_response(400, {"status": "error",
                                            "message": f"Unreadable request body: {exc}"})
         else:
+            self.headers["X-Mock-Connection"] = str(self.connection_number)
             try:
                 response = app.handle(method, self.path, body, self.headers)
             except Exception:  # noqa: BLE001 - a bug must not kill the connection silently
