@@ -21,7 +21,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
     command text;
 BEGIN
-    command := format('python3 %s --url %s %s %s',
+    command := format('%s %s --url %s %s %s',
+                      hubsync_test.shell_quote(coalesce(current_setting('hubsync_test.python', true), 'python3')),
                       hubsync_test.shell_quote(current_setting('hubsync_test.ctl')),
                       hubsync_test.shell_quote(current_setting('hubsync_test.mock_url')),
                       hubsync_test.shell_quote(verb),

@@ -39,9 +39,14 @@ if [ $# -eq 0 ]; then
     prove_files=(test/t/*.t)
 fi
 
+# The test helpers run hubspot_ctl.py as the cluster's operating-system
+# user, who may not be able to read this checkout; give it its own copy.
+install -m 755 test/hubspot_ctl.py "$HS_RUN_DIR/hubspot_ctl.py"
+python_for_server=$(command -v /usr/bin/python3 || command -v python3)
 psql -q -d "$HS_DB" -v ON_ERROR_STOP=1 -f test/helpers.sql >/dev/null
 psql -q -d "$HS_DB" -v ON_ERROR_STOP=1 <<SQL
-ALTER DATABASE $HS_DB SET hubsync_test.ctl = '$HS_REPO/test/hubspot_ctl.py';
+ALTER DATABASE $HS_DB SET hubsync_test.ctl = '$HS_RUN_DIR/hubspot_ctl.py';
+ALTER DATABASE $HS_DB SET hubsync_test.python = '$python_for_server';
 ALTER DATABASE $HS_DB SET hubsync_test.mock_url = '$HS_MOCK_URL';
 ALTER DATABASE $HS_DB SET client_min_messages = warning;
 ALTER DATABASE $HS_DB SET hubsync.search_requests_per_second = 50;
