@@ -57,7 +57,7 @@ GROUP BY seconds \gset
 \setenv BENCH_PID :pid
 \! grep -E 'VmHWM|RssAnon' /proc/\$BENCH_PID/status | tr -s ' \\t' ' ' | sed 's/^/    backend memory (peak including shared buffers, private now): /'
 SQL
-    echo "    time the local server spent answering: $(server_ms "$log_lines") ms"
+    echo "    of which the local server spent $(server_ms "$log_lines") ms answering"
 }
 
 hs_log "hardware: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; PostgreSQL $(pg_config --version | awk '{print $2}')"
