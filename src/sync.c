@@ -240,8 +240,10 @@ hs_save_watermark(SyncRun *run, int64 time_ms, int64 id)
 		run->cursor_id = id;
 	}
 
+	/* A full load that has not written a page yet has no position. */
 	indexed_before = Min(run->position_ms, run->upper_ms - run->overlap_ms);
-	if (!run->have_indexed_before || indexed_before > run->indexed_before_ms)
+	if (run->position_ms != PG_INT64_MIN &&
+		(!run->have_indexed_before || indexed_before > run->indexed_before_ms))
 	{
 		run->have_indexed_before = true;
 		run->indexed_before_ms = indexed_before;
