@@ -21,3 +21,17 @@ EXCEPTION WHEN OTHERS THEN
 END;
 $$;
 SELECT entity_type, last_modified_at FROM hubsync.sync_watermarks WHERE entity_type = 'companies';
+
+-- NULL and malformed arguments and settings.
+RESET hubsync.hubspot_url;
+SELECT * FROM hubsync_incremental(NULL);
+SET hubsync.hubspot_url = 'http://127.0.0.1:99999';
+SET hubsync.hubspot_url = 'http://[::1';
+SET hubsync.hubspot_url = 'http:// 127.0.0.1';
+SET hubsync.hubspot_token = E'abc\r\nX-Injected: 1';
+DELETE FROM hubsync.sync_properties WHERE entity_type = 'contacts' AND property_name = 'email';
+-- The token is masked for every role, superusers included.
+SET hubsync.hubspot_token = 'pat-na1-shown-to-nobody';
+SHOW hubsync.hubspot_token;
+SELECT current_setting('hubsync.hubspot_token');
+RESET hubsync.hubspot_token;

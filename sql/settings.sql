@@ -24,3 +24,11 @@ SET hubsync.request_timeout = '5s';
 SHOW hubsync.request_timeout;
 RESET ROLE;
 DROP ROLE hubsync_settings_user;
+
+-- Monitoring roles may read every setting, but the token only as a mask.
+CREATE ROLE hubsync_settings_monitor IN ROLE pg_monitor;
+SET ROLE hubsync_settings_monitor;
+SHOW hubsync.hubspot_token;
+SELECT current_setting('hubsync.hubspot_token');
+RESET ROLE;
+DROP ROLE hubsync_settings_monitor;

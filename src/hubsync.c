@@ -65,6 +65,46 @@ hubsync_shmem_request(void)
 	hs_progress_shmem_request();
 }
 
+/*
+ * Check the bracketed IPv6 host and the port of a URL whose host part
+ * starts at host.
+ */
+static bool
+check_url_port(const char *url, const char *host)
+{
+	const char *end = host + strcspn(host, "/");
+	const char *colon;
+
+	if (host[0] == '[')
+	{
+		const char *bracket = memchr(host, ']', end - host);
+
+		if (bracket == NULL)
+		{
+			GUC_check_errdetail("The URL \"%s\" has an IPv6 address without its closing bracket.", url);
+			return false;
+		}
+		colon = (bracket + 1 < end && bracket[1] == ':') ? bracket + 1 : NULL;
+	}
+	else
+		colon = memchr(host, ':', end - host);
+
+	if (colon != NULL)
+	{
+		long		port = 0;
+		const char *p;
+
+		for (p = colon + 1; p < end && *p >= '0' && *p <= '9' && port <= 65535; p++)
+			port = port * 10 + (*p - '0');
+		if (p == colon + 1 || p != end || port < 1 || port > 65535)
+		{
+			GUC_check_errdetail("The URL \"%s\" has an invalid port; use a number from 1 to 65535.", url);
+			return false;
+		}
+	}
+	return true;
+}
+
 /* Accept only http:// and https:// base URLs without credentials. */
 static bool
 check_hubspot_url(char **newval, void **extra, GucSource source)
@@ -93,6 +133,14 @@ check_hubspot_url(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("The URL \"%s\" must not contain a query string or fragment.", url);
 		return false;
 	}
+	for (const char *p = url; *p; p++)
+	{
+		if ((unsigned char) *p <= ' ' || *p == 0x7f)
+		{
+			GUC_check_errdetail("The URL \"%s\" contains a space or a control character.", url);
+			return false;
+		}
+	}
 	for (const char *p = host; *p && *p != '/'; p++)
 	{
 		if (*p == '@')
@@ -101,7 +149,41 @@ check_hubspot_url(char **newval, void **extra, GucSource source)
 			return false;
 		}
 	}
+	if (!check_url_port(url, host))
+		return false;
 	return true;
+}
+
+/*
+ * A token is sent in an HTTP header, so a space or a control character in
+ * it could end the header and inject another one.
+ */
+static bool
+check_hubspot_token(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL)
+		return true;
+	for (const char *p = *newval; *p; p++)
+	{
+		if ((unsigned char) *p <= ' ' || *p == 0x7f)
+		{
+			GUC_check_errdetail("The token contains a space or a control character.");
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * SHOW and current_setting() display a mask instead of the token, for
+ * every role: GUC_SUPERUSER_ONLY alone would still show it to members of
+ * pg_read_all_settings (and so of pg_monitor).  Superusers can find the
+ * value in pg_file_settings.
+ */
+static const char *
+show_hubspot_token(void)
+{
+	return (hs_hubspot_token != NULL && hs_hubspot_token[0] != '\0') ? "********" : "";
 }
 
 static bool
@@ -136,14 +218,26 @@ replace_secret(const char *text, const char *secret)
 	return buf.data;
 }
 
+/* First occurrence of needle in haystack, ignoring ASCII case. */
+static char *
+strcasestr_ascii(const char *haystack, const char *needle)
+{
+	size_t		length = strlen(needle);
+
+	for (const char *p = haystack; *p; p++)
+		if (pg_strncasecmp(p, needle, length) == 0)
+			return (char *) p;
+	return NULL;
+}
+
 /*
  * Keep the token out of the server log.  PostgreSQL itself logs
  * 'parameter "hubsync.hubspot_token" changed to "<value>"' when a reload
  * picks up a new value from postgresql.auto.conf, and statement logging
  * would show the value of an ALTER SYSTEM or SET.  This hook runs before
  * any message is written: it cuts the value off such messages, hides the
- * statement text that names the setting, and masks the current token
- * wherever else it appears.  It is installed in every process that loads
+ * statement text that names the setting (in any letter case, as setting
+ * names are), and masks the current token wherever else it appears.  It is installed in every process that loads
  * hubsync, so with hubsync in shared_preload_libraries it covers the
  * postmaster, which writes the reload message.
  */
@@ -153,15 +247,24 @@ redact_token_in_log(ErrorData *edata)
 	const char *name = "hubsync.hubspot_token";
 	char	   *found;
 
-	if (edata->message != NULL && (found = strstr(edata->message, name)) != NULL)
+	/*
+	 * A value follows the name when the rest of the message has a quote or
+	 * an equals sign after the name's own closing quote: the reload message
+	 * ("changed to \"...\""), SET ... = '...' and set_config(..., '...').
+	 * Messages that only name the setting are left as they are.
+	 */
+	if (edata->message != NULL && (found = strcasestr_ascii(edata->message, name)) != NULL)
 	{
 		size_t		keep = (found - edata->message) + strlen(name);
+		const char *rest;
 
-		if (edata->message[keep] == '"')
+		if (edata->message[keep] == '"' || edata->message[keep] == '\'')
 			keep++;
-		edata->message = psprintf("%.*s ... [value redacted]", (int) keep, edata->message);
+		rest = edata->message + keep;
+		if (strpbrk(rest, "'\"=") != NULL)
+			edata->message = psprintf("%.*s ... [value redacted]", (int) keep, edata->message);
 	}
-	if (debug_query_string != NULL && strstr(debug_query_string, name) != NULL)
+	if (debug_query_string != NULL && strcasestr_ascii(debug_query_string, name) != NULL)
 		edata->hide_stmt = true;
 
 	if (hs_hubspot_token != NULL && strlen(hs_hubspot_token) >= 4)
@@ -203,7 +306,7 @@ _PG_init(void)
 							   "",
 							   PGC_SUSET,
 							   GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE,
-							   NULL, NULL, NULL);
+							   check_hubspot_token, NULL, show_hubspot_token);
 
 	DefineCustomStringVariable("hubsync.ca_file",
 							   "File of CA certificates to verify HubSpot's TLS certificate with; empty uses the system store.",
@@ -412,8 +515,14 @@ PG_FUNCTION_INFO_V1(hubsync_incremental);
 Datum
 hubsync_incremental(PG_FUNCTION_ARGS)
 {
-	char	   *entity_type = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *entity_type;
 
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("entity_type must not be NULL"),
+				 errhint("Use one of: companies, contacts, line_items, invoices; or call hubsync_full_incremental() for all of them.")));
+	entity_type = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	sync_into_result_set(fcinfo, list_make1(entity_type), HS_SYNC_INCREMENTAL);
 	return (Datum) 0;
 }

@@ -13,8 +13,11 @@
  * failure is kept: when that next run fails in its own transaction too,
  * its failure replaces the earlier one.
  *
- * The slots exist only when hubsync is in shared_preload_libraries.
- * Without it syncs work as usual and hubsync.sync_progress is empty.
+ * Slots belong to one database and object type each, so runs in other
+ * databases of the cluster neither overwrite nor show up in a database's
+ * progress.  The slots exist only when hubsync is in
+ * shared_preload_libraries; without it syncs work as usual and
+ * hubsync_progress() raises an error saying so.
  *
  * src/progress.c
  *
@@ -27,6 +30,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
+#include "storage/procarray.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
@@ -34,8 +38,13 @@
 #include "hubsync.h"
 #include "progress.h"
 
+/* Databases times object types that can report progress at once. */
+#define HS_PROGRESS_SLOTS (16 * HS_NUM_ENTITIES)
+
 typedef struct ProgressSlot
 {
+	Oid			database;		/* InvalidOid while the slot is free */
+	int			entity_index;
 	char		entity_type[NAMEDATALEN];
 	int			pid;			/* 0 when no run is in progress */
 	TimestampTz started_at;
@@ -55,7 +64,7 @@ typedef struct ProgressSlot
 typedef struct ProgressShared
 {
 	LWLock	   *lock;
-	ProgressSlot slots[HS_NUM_ENTITIES];
+	ProgressSlot slots[HS_PROGRESS_SLOTS];
 } ProgressShared;
 
 static ProgressShared *progress = NULL;
@@ -99,6 +108,44 @@ hs_progress_available(void)
 	return progress != NULL;
 }
 
+/*
+ * The slot of this database and object type, taking a free one (or, when
+ * none is free, the least recently updated idle one) if create is set.
+ * Returns NULL when there is none.  The caller holds the lock exclusively
+ * when create is set.
+ */
+static ProgressSlot *
+find_slot(int entity_index, bool create)
+{
+	ProgressSlot *reuse = NULL;
+
+	for (int i = 0; i < HS_PROGRESS_SLOTS; i++)
+	{
+		ProgressSlot *slot = &progress->slots[i];
+
+		if (slot->database == MyDatabaseId && slot->entity_index == entity_index)
+			return slot;
+		if (!create)
+			continue;
+		if (slot->database == InvalidOid)
+		{
+			if (reuse == NULL || reuse->database != InvalidOid)
+				reuse = slot;
+		}
+		else if (slot->pid == 0 && !slot->failure_pending &&
+				 (reuse == NULL ||
+				  (reuse->database != InvalidOid && slot->updated_at < reuse->updated_at)))
+			reuse = slot;
+	}
+	if (reuse != NULL)
+	{
+		memset(reuse, 0, sizeof(ProgressSlot));
+		reuse->database = MyDatabaseId;
+		reuse->entity_index = entity_index;
+	}
+	return reuse;
+}
+
 void
 hs_progress_begin(int entity_index, const char *entity_type)
 {
@@ -106,8 +153,13 @@ hs_progress_begin(int entity_index, const char *entity_type)
 
 	if (progress == NULL)
 		return;
-	slot = &progress->slots[entity_index];
 	LWLockAcquire(progress->lock, LW_EXCLUSIVE);
+	slot = find_slot(entity_index, true);
+	if (slot == NULL)
+	{
+		LWLockRelease(progress->lock);
+		return;
+	}
 	strlcpy(slot->entity_type, entity_type, NAMEDATALEN);
 	slot->pid = MyProcPid;
 	slot->started_at = GetCurrentTimestamp();
@@ -126,9 +178,9 @@ hs_progress_update(int entity_index, const char *phase,
 
 	if (progress == NULL)
 		return;
-	slot = &progress->slots[entity_index];
 	LWLockAcquire(progress->lock, LW_EXCLUSIVE);
-	if (slot->pid == MyProcPid)
+	slot = find_slot(entity_index, false);
+	if (slot != NULL && slot->pid == MyProcPid)
 	{
 		slot->updated_at = GetCurrentTimestamp();
 		strlcpy(slot->phase, phase, sizeof(slot->phase));
@@ -141,20 +193,21 @@ hs_progress_update(int entity_index, const char *phase,
 
 /*
  * Mark the run of this backend as ended.  With an error message the run
- * is kept as a pending failure for the next run to record.
+ * counts as failed; with pending set as well, the failure is kept for the
+ * next run to write into sync_runs, because this run could not.
  */
 void
-hs_progress_end(int entity_index, const char *error_message)
+hs_progress_end(int entity_index, const char *error_message, bool pending)
 {
 	ProgressSlot *slot;
 
 	if (progress == NULL)
 		return;
-	slot = &progress->slots[entity_index];
 	LWLockAcquire(progress->lock, LW_EXCLUSIVE);
-	if (slot->pid == MyProcPid)
+	slot = find_slot(entity_index, false);
+	if (slot != NULL && slot->pid == MyProcPid)
 	{
-		if (error_message != NULL)
+		if (error_message != NULL && pending)
 		{
 			slot->failure_pending = true;
 			slot->failed_started_at = slot->started_at;
@@ -181,9 +234,9 @@ hs_progress_take_failure(int entity_index, HsPendingFailure *failure)
 
 	if (progress == NULL)
 		return false;
-	slot = &progress->slots[entity_index];
 	LWLockAcquire(progress->lock, LW_EXCLUSIVE);
-	if (slot->failure_pending)
+	slot = find_slot(entity_index, false);
+	if (slot != NULL && slot->failure_pending)
 	{
 		failure->started_at = slot->failed_started_at;
 		failure->failed_at = slot->failed_at;
@@ -199,14 +252,16 @@ hs_progress_take_failure(int entity_index, HsPendingFailure *failure)
 PG_FUNCTION_INFO_V1(hubsync_progress);
 
 /*
- * hubsync_progress() returns one row per object type that has run since
- * the server started: the run in progress (pid not NULL) or the last one.
+ * hubsync_progress() returns one row per object type of this database that
+ * has run since the server started: the run in progress (pid not NULL) or
+ * the last one.  A run whose backend died without ending it shows phase
+ * "interrupted" and no pid.
  */
 Datum
 hubsync_progress(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	ProgressSlot copy[HS_NUM_ENTITIES];
+	ProgressSlot copy[HS_PROGRESS_SLOTS];
 
 	InitMaterializedSRF(fcinfo, 0);
 
@@ -221,14 +276,19 @@ hubsync_progress(PG_FUNCTION_ARGS)
 	memcpy(copy, progress->slots, sizeof(copy));
 	LWLockRelease(progress->lock);
 
-	for (int i = 0; i < HS_NUM_ENTITIES; i++)
+	for (int i = 0; i < HS_PROGRESS_SLOTS; i++)
 	{
 		ProgressSlot *slot = &copy[i];
 		Datum		values[12];
 		bool		nulls[12] = {0};
 
-		if (slot->entity_type[0] == '\0')
+		if (slot->database != MyDatabaseId)
 			continue;
+		if (slot->pid != 0 && BackendPidGetProc(slot->pid) == NULL)
+		{
+			slot->pid = 0;
+			strlcpy(slot->phase, "interrupted", sizeof(slot->phase));
+		}
 
 		values[0] = CStringGetTextDatum(slot->entity_type);
 		values[1] = Int32GetDatum(slot->pid);

@@ -76,6 +76,7 @@ HsRunStats *hs_current_stats = NULL;
 
 static void load_entity(SyncRun *run, const char *entity_type);
 static void load_watermark(SyncRun *run);
+static void finish_run_record(SyncRun *run, const char *status, const char *error);
 
 /* ---------------------------------------------------------------------
  * SPI helpers
@@ -111,6 +112,8 @@ hs_spi_int64(int column)
 			return DatumGetInt32(value);
 		case INT8OID:
 			return DatumGetInt64(value);
+		case BOOLOID:
+			return DatumGetBool(value) ? 1 : 0;
 		default:
 			elog(ERROR, "hubsync: unexpected result type in column %d", column);
 	}
@@ -213,6 +216,12 @@ hs_end_step(SyncRun *run)
 
 	if (run->nonatomic)
 	{
+		/*
+		 * The run's row shows the counters of every committed step, so a
+		 * run killed later still shows how far it got.
+		 */
+		if (!run->outcome_recorded)
+			finish_run_record(run, "running", NULL);
 		ReleaseCurrentSubTransaction();
 		CurrentResourceOwner = run->step_owner;
 		run->in_step = false;
@@ -255,7 +264,7 @@ hs_save_watermark(SyncRun *run, int64 time_ms, int64 id)
 	values[3] = TimestampTzGetDatum(hs_ms_to_timestamp(run->indexed_before_ms));
 	hs_spi_execute("UPDATE hubsync.sync_watermarks"
 			"   SET last_modified_at = $2, last_modified_id = $3,"
-			"       indexed_before = $4, updated_at = now()"
+			"       indexed_before = $4, updated_at = clock_timestamp()"
 			" WHERE entity_type = $1",
 			4, types, values, nulls, SPI_OK_UPDATE);
 }
@@ -266,7 +275,10 @@ hs_report_progress(SyncRun *run, const char *phase)
 	TimestampTz watermark = run->have_cursor ? hs_ms_to_timestamp(run->cursor_ms) : 0;
 
 	hs_progress_update(run->index, phase, &run->stats, watermark);
-	if (hs_progress_notices)
+
+	/* A NOTICE for every search page that wrote records, and nothing else. */
+	if (hs_progress_notices && strcmp(phase, "search") == 0 &&
+		run->stats.pages > run->pages_reported)
 		ereport(NOTICE,
 				(errmsg("hubsync: %s: %s, page %lld: %lld fetched, %lld new, %lld updated, watermark %s",
 						run->entity_type, phase, (long long) run->stats.pages,
@@ -274,6 +286,7 @@ hs_report_progress(SyncRun *run, const char *phase)
 						(long long) run->stats.updated,
 						watermark ? timestamptz_to_str(watermark) : "none"),
 				 errhidestmt(true)));
+	run->pages_reported = run->stats.pages;
 }
 
 /* ---------------------------------------------------------------------
@@ -430,6 +443,19 @@ load_watermark(SyncRun *run)
 }
 
 static bool
+mirror_is_empty(SyncRun *run)
+{
+	bool		empty;
+
+	hs_spi_execute(psprintf("SELECT NOT EXISTS (SELECT 1 FROM hubsync.%s)",
+							quote_identifier(run->entity_type)),
+				   0, NULL, NULL, NULL, SPI_OK_SELECT);
+	empty = hs_spi_int64(1) != 0;
+	SPI_freetuptable(SPI_tuptable);
+	return empty;
+}
+
+static bool
 reconcile_due(SyncRun *run)
 {
 	if (run->mode == HS_SYNC_RECONCILE)
@@ -507,9 +533,10 @@ start_run_record(SyncRun *run)
 	 * ended.  Its committed steps stay; this run continues after them.
 	 */
 	values[0] = CStringGetTextDatum(run->entity_type);
-	hs_spi_execute("UPDATE hubsync.sync_runs SET status = 'failed', finished_at = now(),"
-			"       error = 'the run ended without recording a result: its backend was"
-			" terminated or the server restarted; committed steps were kept'"
+	hs_spi_execute("UPDATE hubsync.sync_runs SET status = 'failed', finished_at = clock_timestamp(),"
+			"       error = 'the run ended without recording a result (its backend was"
+			" terminated, the server restarted, or the failure could not be written);"
+			" committed steps were kept'"
 			" WHERE entity_type = $1 AND status = 'running'",
 			1, types, values, NULL, SPI_OK_UPDATE);
 
@@ -554,7 +581,8 @@ finish_run_record(SyncRun *run, const char *status, const char *error)
 	values[15] = TimestampTzGetDatum(run->have_cursor ? hs_ms_to_timestamp(run->cursor_ms) : 0);
 	nulls[15] = run->have_cursor ? ' ' : 'n';
 
-	hs_spi_execute("UPDATE hubsync.sync_runs SET status = $2, error = $3, finished_at = now(),"
+	hs_spi_execute("UPDATE hubsync.sync_runs SET status = $2, error = $3,"
+			"  finished_at = CASE WHEN $2 = 'running' THEN NULL ELSE clock_timestamp() END,"
 			"  fetched = $4, inserted = $5, updated = $6, unchanged = $7, archived = $8,"
 			"  deleted = $9, warnings = $10, queue_entries = $11, pages = $12,"
 			"  http_requests = $13, retries = $14, rate_limited = $15,"
@@ -575,7 +603,7 @@ complete_run(SyncRun *run, bool full_load)
 	values[1] = TimestampTzGetDatum(run->started_at);
 	values[2] = BoolGetDatum(full_load);
 	count_sql = psprintf("UPDATE hubsync.sync_watermarks"
-						 "   SET last_sync_at = $2, updated_at = now(),"
+						 "   SET last_sync_at = $2, updated_at = clock_timestamp(),"
 						 "       entity_count = (SELECT count(*) FROM hubsync.%s),"
 						 "       last_reconcile_at = CASE WHEN $3 THEN $2 ELSE last_reconcile_at END"
 						 " WHERE entity_type = $1",
@@ -583,6 +611,7 @@ complete_run(SyncRun *run, bool full_load)
 	hs_spi_execute(count_sql, 3, types, values, NULL, SPI_OK_UPDATE);
 
 	finish_run_record(run, "ok", NULL);
+	run->outcome_recorded = true;
 
 	if (hs_run_history_retention_s > 0)
 	{
@@ -659,7 +688,12 @@ hs_sync_entity(const char *entity_type, bool nonatomic, HsSyncMode mode,
 		load_watermark(run);
 		hs_end_step(run);
 
-		full_load = !run->have_cursor;
+		/*
+		 * A first load into an empty mirror reads every record, which is
+		 * as good as a reconcile.  A load after hubsync_reset_watermark()
+		 * is not: rows deleted in HubSpot meanwhile are simply not read.
+		 */
+		full_load = !run->have_cursor && mirror_is_empty(run);
 		hs_run_search_phase(run);
 		hs_run_archive_phase(run);
 		hs_run_association_refresh(run);
@@ -694,7 +728,7 @@ hs_sync_entity(const char *entity_type, bool nonatomic, HsSyncMode mode,
 			SPI_commit();
 			SPI_start_transaction();
 			release_run_lock(run);
-			hs_progress_end(run->index, error->message);
+			hs_progress_end(run->index, error->message, false);
 			hs_current_stats = previous_stats;
 			MemoryContextSwitchTo(caller);
 			ReThrowError(error);
@@ -705,7 +739,7 @@ hs_sync_entity(const char *entity_type, bool nonatomic, HsSyncMode mode,
 		 * waits in shared memory for the next run to record.
 		 */
 		release_run_lock(run);
-		hs_progress_end(run->index, error->message);
+		hs_progress_end(run->index, error->message, true);
 		hs_current_stats = previous_stats;
 		MemoryContextSwitchTo(caller);
 		PG_RE_THROW();
@@ -713,7 +747,7 @@ hs_sync_entity(const char *entity_type, bool nonatomic, HsSyncMode mode,
 	PG_END_TRY();
 
 	release_run_lock(run);
-	hs_progress_end(run->index, NULL);
+	hs_progress_end(run->index, NULL, false);
 	hs_current_stats = previous_stats;
 
 	MemoryContextSwitchTo(caller);

@@ -18,11 +18,12 @@
 #include "nodes/pg_list.h"
 #include "utils/resowner.h"
 
+#include "hubspot.h"
 #include "sync.h"
 /*
  * Advisory lock key for "a run of this type is in progress": the first
  * key half spells "HSNC", the second is the type's sync_order.  Operators
- * see these locks in pg_locks as advisory locks with classid 1213418051.
+ * see these locks in pg_locks as advisory locks with classid 1213419075.
  */
 #define HS_LOCK_CLASSID 0x48534E43
 
@@ -69,11 +70,14 @@ typedef struct SyncRun
 	/* The search position: every record modified before it is written. */
 	int64		position_ms;
 
+	int64		pages_reported; /* search pages already shown as a NOTICE */
+
 	BoundarySet boundary;
 	List	   *refreshed_ids;	/* parents whose associations were read */
 	List	   *archived_seen;	/* ids listed in the recycle bin this run */
 
 	bool		in_step;
+	bool		outcome_recorded;	/* sync_runs row has its final status */
 	ResourceOwner step_owner;
 	MemoryContext run_context;
 	MemoryContext page_context;
@@ -99,11 +103,16 @@ extern void hs_report_progress(SyncRun *run, const char *phase);
 
 /* sync_search.c */
 extern int64 hs_parse_record_id(const char *text, const char *entity_type);
+extern int64 hs_parse_hubspot_time(const char *text, const char *entity_type, int64 id);
 extern char *hs_search_body(SyncRun *run, SearchKind kind, int64 time_ms,
 							bool have_lower, bool inclusive, int64 after_id);
 extern void hs_run_search_phase(SyncRun *run);
 
 /* sync_records.c */
+extern JsonbContainer *hs_response_results(HsResponse *response, const char *method,
+										   const char *path);
+extern void hs_check_record(SyncRun *run, JsonbContainer *record, const char *method,
+							const char *path);
 extern void hs_append_container(StringInfo buf, JsonbContainer *container);
 extern Jsonb *hs_finish_json_array(StringInfo buf);
 extern Jsonb *hs_batch_read(SyncRun *run, List *ids, bool archived);

@@ -27,6 +27,74 @@
 #include "progress.h"
 #include "sync_internal.h"
 
+/* "METHOD path" without the query string, as errors name endpoints. */
+static char *
+endpoint_name(const char *method, const char *path)
+{
+	const char *query = strchr(path, '?');
+
+	return psprintf("%s %.*s", method,
+					(int) (query ? query - path : (ptrdiff_t) strlen(path)), path);
+}
+
+/*
+ * The "results" array of a list, search or batch response.  A body
+ * without one is not a HubSpot response, and taking it as an empty page
+ * could make the sync believe that records were deleted, so it raises.
+ */
+JsonbContainer *
+hs_response_results(HsResponse *response, const char *method, const char *path)
+{
+	JsonbContainer *results = response->body ?
+		hs_json_container(hs_json_key(&response->body->root, "results")) : NULL;
+
+	if (results == NULL || !JsonContainerIsArray(results))
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("HubSpot returned a response without a \"results\" array for %s",
+						endpoint_name(method, path)),
+				 errdetail("HTTP status %ld.", response->status),
+				 errhint("Nothing from this response was written. Check that hubsync.hubspot_url points at the HubSpot API.")));
+	return results;
+}
+
+/*
+ * Raise an error naming the endpoint unless a result is a HubSpot object
+ * record: an object with a numeric id, a properties object and valid
+ * createdAt, updatedAt and archivedAt times where present.
+ */
+void
+hs_check_record(SyncRun *run, JsonbContainer *record, const char *method, const char *path)
+{
+	JsonbContainer *properties;
+	int64		id;
+	const char *times[] = {"createdAt", "updatedAt", "archivedAt"};
+
+	if (record == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("HubSpot returned a %s result that is not an object for %s",
+						run->entity_type, endpoint_name(method, path)),
+				 errhint("Nothing from this response was written; the next run retries it.")));
+
+	id = hs_parse_record_id(hs_json_string(hs_json_key(record, "id")), run->entity_type);
+	properties = hs_json_container(hs_json_key(record, "properties"));
+	if (properties == NULL || !JsonContainerIsObject(properties))
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("HubSpot returned %s record %lld without a properties object for %s",
+						run->entity_type, (long long) id, endpoint_name(method, path)),
+				 errhint("Nothing from this response was written; the next run retries it.")));
+
+	for (int i = 0; i < lengthof(times); i++)
+	{
+		JsonbValue *value = hs_json_key(record, times[i]);
+
+		if (value != NULL && value->type != jbvNull)
+			(void) hs_parse_hubspot_time(hs_json_string(value), run->entity_type, id);
+	}
+}
+
 /* Serialize array elements as the text of a JSON array. */
 void
 hs_append_container(StringInfo buf, JsonbContainer *container)
@@ -100,7 +168,7 @@ refresh_associations(SyncRun *run, const char *to_type, int64 *ids, int count)
 			appendStringInfoString(&body, "]}");
 
 			response = hs_api_call("POST", path, body.data, HS_CALL_OTHER, 0);
-			array = response.body ? hs_json_container(hs_json_key(&response.body->root, "results")) : NULL;
+			array = hs_response_results(&response, "POST", path);
 			for (int i = 0; i < hs_json_array_size(array); i++)
 			{
 				JsonbContainer *result = hs_json_object_at(array, i);
@@ -195,16 +263,34 @@ hs_batch_read(SyncRun *run, List *ids, bool archived)
 			JsonbContainer *array;
 
 			appendStringInfoString(&body, "]}");
-			/* A 404 means that none of the ids exists. */
 			response = hs_api_call("POST", path, body.data, HS_CALL_OTHER, 404);
-			array = (response.status != 404 && response.body) ?
-				hs_json_container(hs_json_key(&response.body->root, "results")) : NULL;
+			if (response.status == 404)
+			{
+				/*
+				 * HubSpot answers 404 when none of the ids exists.  Only its
+				 * own OBJECT_NOT_FOUND body counts as that: a 404 from a wrong
+				 * URL must not make records look deleted.
+				 */
+				char	   *category = response.body ?
+					hs_json_string(hs_json_key(&response.body->root, "category")) : NULL;
+
+				if (category == NULL || strcmp(category, "OBJECT_NOT_FOUND") != 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+							 errmsg("HubSpot request %s failed with HTTP 404",
+									endpoint_name("POST", path)),
+							 errdetail("The body is not HubSpot's OBJECT_NOT_FOUND error."),
+							 errhint("Check that hubsync.hubspot_url points at the HubSpot API.")));
+				array = NULL;
+			}
+			else
+				array = hs_response_results(&response, "POST", path);
 			for (int i = 0; i < hs_json_array_size(array); i++)
 			{
 				JsonbContainer *record = hs_json_object_at(array, i);
 
-				if (record != NULL)
-					hs_append_container(&results, record);
+				hs_check_record(run, record, "POST", path);
+				hs_append_container(&results, record);
 			}
 			n = 0;
 		}
@@ -297,45 +383,89 @@ list_path(SyncRun *run, bool archived, const char *properties_csv, const char *a
 					after ? "&after=" : "", after ? hs_url_encode(after) : "");
 }
 
-/*
- * Settle rows that HubSpot no longer lists where the mirror expects them:
- * read them back by id, write those that still exist (restored records,
- * or the survivor of a merge), and delete the rest.
- */
-static void
-resolve_missing(SyncRun *run, List *ids)
+/* Ids of a list that are not in another list. */
+static List *
+ids_not_in(List *ids, List *present)
 {
-	Jsonb	   *found = hs_batch_read(run, ids, false);
-	List	   *found_ids = hs_apply_records(run, found);
-	List	   *gone = NIL;
+	List	   *result = NIL;
 	ListCell   *cell;
 
 	foreach(cell, ids)
 	{
 		int64		id = *(int64 *) lfirst(cell);
-		bool		present = false;
+		bool		found = false;
 		ListCell   *other;
 
-		foreach(other, found_ids)
+		foreach(other, present)
 		{
 			if (*(int64 *) lfirst(other) == id)
 			{
-				present = true;
+				found = true;
 				break;
 			}
 		}
-		if (!present)
-			gone = hs_append_id(gone, id);
+		if (!found)
+			result = hs_append_id(result, id);
+	}
+	return result;
+}
+
+/* Ids of the records of a jsonb array of records. */
+static List *
+record_ids(SyncRun *run, Jsonb *records)
+{
+	List	   *ids = NIL;
+
+	for (int i = 0; i < hs_json_array_size(&records->root); i++)
+	{
+		JsonbContainer *record = hs_json_object_at(&records->root, i);
+
+		ids = hs_append_id(ids, hs_parse_record_id(hs_json_string(hs_json_key(record, "id")),
+												   run->entity_type));
+	}
+	return ids;
+}
+
+/*
+ * Settle rows that HubSpot no longer lists where the mirror expects them.
+ * Each is read back by id, first as a live record (restored, or the
+ * survivor of a merge, which comes back under its new id) and then from
+ * the recycle bin; only a record that neither read returns is deleted, so
+ * a listing that missed a record can never delete it on its own.
+ */
+static void
+resolve_missing(SyncRun *run, List *ids)
+{
+	Jsonb	   *live = hs_batch_read(run, ids, false);
+	List	   *remaining = ids_not_in(ids, hs_apply_records(run, live));
+	Jsonb	   *archived;
+	List	   *gone;
+	Oid			types[2] = {TEXTOID, JSONBOID};
+	Datum		values[2];
+
+	if (remaining == NIL)
+		return;
+
+	archived = hs_batch_read(run, remaining, true);
+	if (hs_json_array_size(&archived->root) > 0)
+	{
+		values[0] = CStringGetTextDatum(run->entity_type);
+		values[1] = JsonbPGetDatum(archived);
+		hs_spi_execute("SELECT hubsync._apply_archived($1, $2)", 2, types, values, NULL,
+					   SPI_OK_SELECT);
+		run->stats.archived += hs_spi_int64(1);
+		SPI_freetuptable(SPI_tuptable);
 	}
 
+	gone = ids_not_in(remaining, record_ids(run, archived));
 	if (gone != NIL)
 	{
-		Oid			types[2] = {TEXTOID, INT8ARRAYOID};
-		Datum		values[2];
+		Oid			delete_types[2] = {TEXTOID, INT8ARRAYOID};
 
 		values[0] = CStringGetTextDatum(run->entity_type);
 		values[1] = hs_int64_array_datum(gone);
-		hs_spi_execute("SELECT hubsync._delete_records($1, $2)", 2, types, values, NULL, SPI_OK_SELECT);
+		hs_spi_execute("SELECT hubsync._delete_records($1, $2)", 2, delete_types, values,
+					   NULL, SPI_OK_SELECT);
 		run->stats.deleted += hs_spi_int64(1);
 		SPI_freetuptable(SPI_tuptable);
 	}
@@ -354,14 +484,16 @@ hs_run_archive_phase(SyncRun *run)
 		HsResponse	response;
 		JsonbContainer *results;
 		int			count;
+		char	   *path;
 
 		CHECK_FOR_INTERRUPTS();
 		hs_begin_step(run);
-		response = hs_api_call("GET", list_path(run, true, run->properties_csv, after),
-							   NULL, HS_CALL_OTHER, 0);
-		results = response.body ?
-			hs_json_container(hs_json_key(&response.body->root, "results")) : NULL;
+		path = list_path(run, true, run->properties_csv, after);
+		response = hs_api_call("GET", path, NULL, HS_CALL_OTHER, 0);
+		results = hs_response_results(&response, "GET", path);
 		count = hs_json_array_size(results);
+		for (int i = 0; i < count; i++)
+			hs_check_record(run, hs_json_object_at(results, i), "GET", path);
 		if (count > 0)
 		{
 			MemoryContext old;
@@ -396,7 +528,7 @@ hs_run_archive_phase(SyncRun *run)
 	if (missing != NIL)
 		resolve_missing(run, missing);
 	values[0] = CStringGetTextDatum(run->entity_type);
-	hs_spi_execute("UPDATE hubsync.sync_watermarks SET last_archive_scan_at = now()"
+	hs_spi_execute("UPDATE hubsync.sync_watermarks SET last_archive_scan_at = clock_timestamp()"
 			" WHERE entity_type = $1", 1, types, values, NULL, SPI_OK_UPDATE);
 	hs_end_step(run);
 }
@@ -456,36 +588,39 @@ hs_run_reconcile(SyncRun *run)
 	Datum		values[1];
 	MemoryContext old;
 
-	/* Every live id, a list page at a time; nothing is written meanwhile. */
+	/*
+	 * Every live id, a list page at a time, in one step that writes only
+	 * at its end, so that a failure of any page is recorded like any other.
+	 */
+	hs_begin_step(run);
 	do
 	{
 		HsResponse	response;
 		JsonbContainer *results;
+		char	   *path;
 
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextSwitchTo(run->page_context);
-		response = hs_api_call("GET", list_path(run, false, "hs_object_id", after),
-							   NULL, HS_CALL_OTHER, 0);
-		results = response.body ?
-			hs_json_container(hs_json_key(&response.body->root, "results")) : NULL;
+		path = list_path(run, false, "hs_object_id", after);
+		response = hs_api_call("GET", path, NULL, HS_CALL_OTHER, 0);
+		results = hs_response_results(&response, "GET", path);
 		old = MemoryContextSwitchTo(run->run_context);
 		for (int i = 0; i < hs_json_array_size(results); i++)
 		{
 			JsonbContainer *record = hs_json_object_at(results, i);
 
-			if (record != NULL)
-				known = hs_append_id(known,
-								  hs_parse_record_id(hs_json_string(hs_json_key(record, "id")),
-												  run->entity_type));
+			if (record == NULL)
+				continue;
+			known = hs_append_id(known,
+								 hs_parse_record_id(hs_json_string(hs_json_key(record, "id")),
+													run->entity_type));
 		}
 		after = next_after(run, response.body);
 		MemoryContextSwitchTo(old);
-		hs_report_progress(run, "reconcile");
-		MemoryContextSwitchTo(run->run_context);
 		MemoryContextReset(run->page_context);
 	} while (after != NULL);
+	hs_report_progress(run, "reconcile");
 
-	hs_begin_step(run);
 	missing = hs_call_ids_function("SELECT hubsync._live_missing($1, $2)", run->entity_type, known);
 	if (missing != NIL)
 		resolve_missing(run, missing);
@@ -502,7 +637,7 @@ hs_run_reconcile(SyncRun *run)
 
 	hs_begin_step(run);
 	values[0] = CStringGetTextDatum(run->entity_type);
-	hs_spi_execute("UPDATE hubsync.sync_watermarks SET last_reconcile_at = now()"
+	hs_spi_execute("UPDATE hubsync.sync_watermarks SET last_reconcile_at = clock_timestamp()"
 			" WHERE entity_type = $1", 1, types, values, NULL, SPI_OK_UPDATE);
 	hs_end_step(run);
 }

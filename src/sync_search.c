@@ -55,31 +55,71 @@ hs_parse_record_id(const char *text, const char *entity_type)
 	return id;
 }
 
+/* Error context naming the record whose time is being parsed. */
+typedef struct TimeContext
+{
+	const char *entity_type;
+	int64		id;
+	const char *text;
+} TimeContext;
+
+static void
+time_error_context(void *arg)
+{
+	TimeContext *context = (TimeContext *) arg;
+
+	errcontext("reading the time \"%s\" of HubSpot %s record %lld",
+			   context->text, context->entity_type, (long long) context->id);
+}
+
 /*
  * Parse a HubSpot time: ISO-8601 with an explicit zone, as HubSpot sends
- * in responses, or epoch milliseconds.
+ * in responses, or epoch milliseconds.  Raises an error naming the record
+ * for anything else, and for times outside the years 1970 to 9999.
  */
-static int64
-parse_hubspot_time(const char *text, const char *entity_type, int64 id)
+int64
+hs_parse_hubspot_time(const char *text, const char *entity_type, int64 id)
 {
 	bool		digits = (text != NULL && text[0] != '\0');
-	Datum		value;
+	int64		ms;
+	ErrorContextCallback callback;
+	TimeContext context = {entity_type, id, text};
 
 	if (text == NULL)
 		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_JSON_TEXT),
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("HubSpot returned %s record %lld without a last-modified time",
 						entity_type, (long long) id),
 				 errhint("Nothing from this response was written; the next run retries it.")));
 	for (const char *p = text; *p; p++)
 		if (*p < '0' || *p > '9')
 			digits = false;
-	if (digits)
-		return strtoi64(text, NULL, 10);
 
-	value = DirectFunctionCall3(timestamptz_in, CStringGetDatum(text),
-								ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1));
-	return hs_timestamp_to_ms(DatumGetTimestampTz(value));
+	if (digits)
+	{
+		errno = 0;
+		ms = strlen(text) <= 15 ? strtoi64(text, NULL, 10) : -1;
+	}
+	else
+	{
+		callback.callback = time_error_context;
+		callback.arg = &context;
+		callback.previous = error_context_stack;
+		error_context_stack = &callback;
+		ms = hs_timestamp_to_ms(DatumGetTimestampTz(
+			DirectFunctionCall3(timestamptz_in, CStringGetDatum(text),
+								ObjectIdGetDatum(InvalidOid), Int32GetDatum(-1))));
+		error_context_stack = callback.previous;
+	}
+
+	/* 253402300800000 ms is 10000-01-01. */
+	if (ms < 0 || ms >= INT64CONST(253402300800000))
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("HubSpot returned an invalid time \"%s\" for %s record %lld",
+						text, entity_type, (long long) id),
+				 errhint("Nothing from this response was written; the next run retries it.")));
+	return ms;
 }
 
 /* Id and last-modified time of one record of a response. */
@@ -93,7 +133,7 @@ record_key(SyncRun *run, JsonbContainer *record, int64 *id, int64 *time_ms)
 	modified = hs_json_string(hs_json_key(properties, run->modified_property));
 	if (modified == NULL || modified[0] == '\0')
 		modified = hs_json_string(hs_json_key(record, "updatedAt"));
-	*time_ms = parse_hubspot_time(modified, run->entity_type, *id);
+	*time_ms = hs_parse_hubspot_time(modified, run->entity_type, *id);
 }
 
 static bool
@@ -188,18 +228,10 @@ fetch_search_page(SyncRun *run, const char *body)
 	SearchPage	page = {0};
 	int64		id;
 
-	page.results = response.body ?
-		hs_json_container(hs_json_key(&response.body->root, "results")) : NULL;
+	page.results = hs_response_results(&response, "POST", path);
 	page.count = hs_json_array_size(page.results);
 	for (int i = 0; i < page.count; i++)
-	{
-		if (hs_json_object_at(page.results, i) == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_JSON_TEXT),
-					 errmsg("HubSpot search of %s returned a result that is not an object",
-							run->entity_type),
-					 errhint("Nothing from this response was written; the next run retries it.")));
-	}
+		hs_check_record(run, hs_json_object_at(page.results, i), "POST", path);
 	if (page.count > 0)
 	{
 		record_key(run, hs_json_object_at(page.results, 0), &id, &page.first_ms);

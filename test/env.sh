@@ -63,7 +63,6 @@ shared_preload_libraries = 'pg_cron,hubsync'
 cron.database_name = '$HS_DB'
 cron.use_background_workers = on
 max_worker_processes = 16
-log_min_messages = log
 log_line_prefix = '%m [%p] %d '
 fsync = off
 EOF

@@ -3,6 +3,7 @@
 # needs (as root), builds and installs the extension, starts a throwaway
 # PostgreSQL 15 cluster with pg_cron and the local HubSpot-compatible
 # server, then runs
+#   0. the self-check of the local server (test/test_hubspot_server.py);
 #   1. pg_regress (sql/, expected/): SQL-level behaviour;
 #   2. pg_prove (test/pgtap/*.sql): sync behaviour against the server;
 #   3. prove (test/t/*.t): scenarios with several connections, pg_cron
@@ -30,6 +31,9 @@ for f in "$@"; do
     esac
 done
 if [ $# -eq 0 ]; then
+    hs_log "self-check of the local HubSpot-compatible server"
+    python3 test/test_hubspot_server.py >"$HS_RUN_DIR/server-selfcheck.log" 2>&1 ||
+        { tail -30 "$HS_RUN_DIR/server-selfcheck.log"; status=1; }
     hs_log "pg_regress"
     if ! make -s installcheck; then
         [ -f regression.diffs ] && head -100 regression.diffs

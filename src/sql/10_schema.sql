@@ -87,6 +87,26 @@ CREATE TRIGGER sync_properties_check
     BEFORE INSERT OR UPDATE ON hubsync.sync_properties
     FOR EACH ROW EXECUTE FUNCTION hubsync._check_sync_property();
 
+-- The shipped rows feed the typed columns; deleting one would leave its
+-- column NULL on every row that syncs afterwards.
+CREATE FUNCTION hubsync._keep_default_property() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF OLD.is_default THEN
+        RAISE EXCEPTION 'property "%" of % is required by hubsync', OLD.property_name, OLD.entity_type
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'Only rows added by users (is_default = false) can be deleted.';
+    END IF;
+    RETURN OLD;
+END;
+$$;
+
+CREATE TRIGGER sync_properties_keep_defaults
+    BEFORE DELETE ON hubsync.sync_properties
+    FOR EACH ROW EXECUTE FUNCTION hubsync._keep_default_property();
+
 INSERT INTO hubsync.sync_properties (entity_type, property_name, is_default)
 SELECT t, p, true
 FROM (VALUES

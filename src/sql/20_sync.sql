@@ -208,7 +208,7 @@ $$;
 -- Write one page of the recycle bin (GET ...?archived=true).  Known rows
 -- are flagged archived and noted as 'archived' once; records never seen
 -- live are stored as archived so the mirror stays complete.  Returns how
--- many rows became archived.
+-- many rows became archived, new archived rows included.
 CREATE FUNCTION hubsync._apply_archived(p_entity text, p_records jsonb) RETURNS int
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -254,7 +254,8 @@ BEGIN
             INSERT INTO hubsync.change_log (entity_type, hubspot_id, change_kind, before, after)
             SELECT %2$L, id, 'archived', properties, properties FROM newly
         )
-        SELECT count(*)::int FROM newly
+        SELECT (SELECT count(*) FROM newly)::int
+             + (SELECT count(*) FROM upserted u WHERE NOT EXISTS (SELECT 1 FROM before b WHERE b.id = u.id))::int
         $q$, p_entity, p_entity)
     INTO v_count
     USING p_records;
@@ -358,10 +359,20 @@ BEGIN
              jsonb_array_elements(t->'associationTypes') AS a
         WHERE (res->'from'->>'id')::bigint = ANY (p_from_ids)
     ),
+    -- HubSpot hides the links of a record in its recycle bin and shows them
+    -- again when the record is restored, so links to a target stored as
+    -- archived are kept rather than replaced.
+    archived_targets AS (
+        SELECT id FROM hubsync.companies WHERE p_to_type = 'companies' AND archived
+        UNION ALL SELECT id FROM hubsync.contacts WHERE p_to_type = 'contacts' AND archived
+        UNION ALL SELECT id FROM hubsync.line_items WHERE p_to_type = 'line_items' AND archived
+        UNION ALL SELECT id FROM hubsync.invoices WHERE p_to_type = 'invoices' AND archived
+    ),
     old_sets AS (
         SELECT from_id, array_agg(DISTINCT to_id ORDER BY to_id) AS ids
         FROM hubsync.associations
         WHERE from_type = p_from_type AND to_type = p_to_type AND from_id = ANY (p_from_ids)
+          AND to_id NOT IN (SELECT id FROM archived_targets)
         GROUP BY from_id
     ),
     new_sets AS (
@@ -375,6 +386,7 @@ BEGIN
           AND NOT EXISTS (SELECT 1 FROM incoming i
                           WHERE i.from_id = x.from_id AND i.to_id = x.to_id
                             AND i.type_id = x.type_id AND i.category = x.category)
+          AND NOT EXISTS (SELECT 1 FROM archived_targets a WHERE a.id = x.to_id)
         RETURNING 1
     ),
     upserted AS (

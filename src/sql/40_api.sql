@@ -8,7 +8,7 @@ RETURNS TABLE (entity_type text, status text, fetched bigint, inserted bigint,
                updated bigint, unchanged bigint, archived bigint, deleted bigint,
                queue_entries bigint, duration interval, watermark timestamptz)
 AS 'MODULE_PATHNAME', 'hubsync_incremental'
-LANGUAGE C STRICT VOLATILE;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION @extschema@.hubsync_incremental(text) IS 'Sync one HubSpot object type (companies, contacts, line_items or invoices) in the current transaction';
 
 CREATE FUNCTION @extschema@.hubsync_full_incremental()
@@ -34,15 +34,27 @@ COMMENT ON PROCEDURE @extschema@.hubsync_run(text) IS 'Sync one or every object 
 
 -- Start the next run of a type from scratch: it reads every record again
 -- (unchanged ones are not updates) and keeps the mirror in the meantime.
+-- A run in progress would write its own watermark over the reset, so the
+-- reset takes the run lock of the type (the advisory lock the C code
+-- takes: classid 1213419075, "HSNC", and the type's sync_order) and
+-- fails while a run holds it.
 CREATE FUNCTION @extschema@.hubsync_reset_watermark(entity_type text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_order int;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM hubsync.object_types o WHERE o.entity_type = $1) THEN
+    SELECT o.sync_order INTO v_order FROM hubsync.object_types o WHERE o.entity_type = $1;
+    IF v_order IS NULL THEN
         RAISE EXCEPTION 'unknown HubSpot object type "%"', $1
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use one of: companies, contacts, line_items, invoices.';
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(1213419075, v_order) THEN
+        RAISE EXCEPTION 'a sync of % is in progress', $1
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Wait for it to finish (see hubsync.sync_progress), or cancel it, then reset the watermark.';
     END IF;
     UPDATE hubsync.sync_watermarks w
        SET last_modified_at = NULL, last_modified_id = NULL, indexed_before = NULL,
@@ -66,7 +78,7 @@ CREATE VIEW hubsync.sync_progress AS
 COMMENT ON VIEW hubsync.sync_progress IS 'Live progress of running syncs, updated after every page, visible from any session';
 COMMENT ON COLUMN hubsync.sync_progress.entity_type IS 'Object type';
 COMMENT ON COLUMN hubsync.sync_progress.pid IS 'Backend running the sync; NULL once the run has ended';
-COMMENT ON COLUMN hubsync.sync_progress.phase IS 'starting, search, archive scan, association refresh, reconcile, association sweep, done or failed';
+COMMENT ON COLUMN hubsync.sync_progress.phase IS 'starting, search, archive scan, association refresh, reconcile, association sweep, done, failed, or interrupted (its backend died)';
 COMMENT ON COLUMN hubsync.sync_progress.started_at IS 'When the run started';
 COMMENT ON COLUMN hubsync.sync_progress.updated_at IS 'When the run last reported progress';
 COMMENT ON COLUMN hubsync.sync_progress.pages IS 'Search pages written so far';
