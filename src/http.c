@@ -162,6 +162,22 @@ hs_http_perform(HsHttpRequest **requests, int count)
 	pfree(transfers);
 }
 
+/*
+ * Append a header line to the transfer's list.  Returns the list, or NULL
+ * when libcurl is out of memory; the list built so far then stays in
+ * transfer->headers, where release_transfers() frees it.
+ */
+static struct curl_slist *
+append_header(TransferState *transfer, const char *line)
+{
+	struct curl_slist *extended = curl_slist_append(transfer->headers, line);
+
+	if (extended == NULL)
+		return NULL;
+	transfer->headers = extended;
+	return extended;
+}
+
 static void
 setup_transfer(TransferState *transfer)
 {
@@ -195,14 +211,16 @@ setup_transfer(TransferState *transfer)
 	 */
 	authorization = psprintf("Authorization: Bearer %s",
 							 hs_hubspot_token ? hs_hubspot_token : "");
-	headers = curl_slist_append(headers, authorization);
+	headers = append_header(transfer, authorization);
 	memset(authorization, 0, strlen(authorization));
 	pfree(authorization);
-	headers = curl_slist_append(headers, "Accept: application/json");
-	headers = curl_slist_append(headers, "Content-Type: application/json");
+	if (headers != NULL)
+		headers = append_header(transfer, "Accept: application/json");
+	if (headers != NULL)
+		headers = append_header(transfer, "Content-Type: application/json");
 	/* No "Expect: 100-continue" round trip before request bodies. */
-	headers = curl_slist_append(headers, "Expect:");
-	transfer->headers = headers;
+	if (headers != NULL)
+		headers = append_header(transfer, "Expect:");
 	if (headers == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),

@@ -190,13 +190,6 @@ report_http_error(const char *endpoint, HsHttpRequest *request, Jsonb *body)
 				 errhint("Check the private app's scopes in HubSpot; hubsync needs read access to contacts, companies, invoices and line items.")));
 	}
 
-	if (status == 429)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("HubSpot rate limit reached for %s (HTTP 429)", endpoint),
-				 errdetail_internal("%s", detail),
-				 errhint("The daily limit resets at midnight in the portal's time zone. Committed progress is kept, and the next run continues from the last watermark.")));
-
 	if (status >= 500 || status == 423 || status == 477)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
@@ -213,6 +206,32 @@ report_http_error(const char *endpoint, HsHttpRequest *request, Jsonb *body)
 			 errhint("Check the property names in hubsync.sync_properties; HubSpot rejected the request itself.") : 0));
 }
 
+/*
+ * Raise the error for a 429 that will not be waited out: the daily limit,
+ * or another limit that was still reached after the allowed waits.
+ */
+static void
+report_rate_limit(const char *endpoint, HsHttpRequest *request, Jsonb *body,
+				  const char *policy, int waits)
+{
+	char	   *detail = hubspot_detail(request, body);
+
+	if (strcmp(policy, "DAILY") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("HubSpot daily request limit reached for %s (HTTP 429, policy DAILY)",
+						endpoint),
+				 errdetail_internal("%s", detail),
+				 errhint("Every request fails until the limit resets at midnight in the portal's time zone. Committed steps are kept, and the next run continues from the watermark.")));
+
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("HubSpot rate limit %s still reached for %s after %d waits (HTTP 429)",
+					policy, endpoint, waits),
+			 errdetail_internal("%s", detail),
+			 errhint("Other integrations of the portal share its limits. Raise hubsync.max_rate_limit_waits, or lower hubsync.search_requests_per_second when the policy is SECONDLY.")));
+}
+
 /* Whether a transport failure may go away on a second try. */
 static bool
 transport_error_is_retryable(CURLcode code)
@@ -225,6 +244,8 @@ transport_error_is_retryable(CURLcode code)
 		case CURLE_OUT_OF_MEMORY:
 		case CURLE_BAD_FUNCTION_ARGUMENT:
 		case CURLE_PEER_FAILED_VERIFICATION:
+		case CURLE_SSL_CACERT_BADFILE:
+		case CURLE_SSL_CERTPROBLEM:
 			return false;
 		default:
 			return true;
@@ -262,13 +283,17 @@ retry_after_ms(HsHttpRequest *request)
 	seconds = strtol(request->retry_after, &end, 10);
 	if (end == request->retry_after || seconds < 0)
 		return -1;
+	/* Checked before multiplying, which could overflow. */
+	if (seconds >= hs_retry_max_delay_ms / 1000 + 1)
+		return hs_retry_max_delay_ms;
 	return Min(seconds * 1000, (long) hs_retry_max_delay_ms);
 }
 
 /*
  * How long to wait after a 429, or -1 when the policy means stopping (the
  * daily limit).  SECONDLY is the search limit of a few requests a second;
- * TEN_SECONDLY_ROLLING is the per-app burst window.
+ * TEN_SECONDLY_ROLLING is the per-app burst window.  Every wait is capped
+ * by hubsync.retry_max_delay, as that setting promises.
  */
 static long
 rate_limit_wait_ms(HsHttpRequest *request, Jsonb *body, char **policy_out)
@@ -284,7 +309,7 @@ rate_limit_wait_ms(HsHttpRequest *request, Jsonb *body, char **policy_out)
 		return wait;
 	if ((policy != NULL && strcmp(policy, "SECONDLY") == 0) ||
 		(message != NULL && strstr(message, "secondly limit") != NULL))
-		return 1000;
+		return Min(1000L, (long) hs_retry_max_delay_ms);
 	if (request->ratelimit_interval_ms[0] != '\0')
 	{
 		long		interval = strtol(request->ratelimit_interval_ms, NULL, 10);
@@ -292,7 +317,7 @@ rate_limit_wait_ms(HsHttpRequest *request, Jsonb *body, char **policy_out)
 		if (interval > 0)
 			return Min(interval, (long) hs_retry_max_delay_ms);
 	}
-	return HS_DEFAULT_RATE_WINDOW_MS;
+	return Min((long) HS_DEFAULT_RATE_WINDOW_MS, (long) hs_retry_max_delay_ms);
 }
 
 /* Sleep until the next search request is allowed. */
@@ -353,9 +378,10 @@ hs_api_call(const char *method, const char *path, const char *body,
 		if (kind == HS_CALL_SEARCH)
 			pace_search();
 
-		hs_http_perform(requests, 1);
+		/* Count the attempt before sending it, so that a cancelled one counts. */
 		if (hs_current_stats)
 			hs_current_stats->http_requests++;
+		hs_http_perform(requests, 1);
 
 		if (request.curl_code != CURLE_OK)
 		{
@@ -379,11 +405,34 @@ hs_api_call(const char *method, const char *path, const char *body,
 			continue;
 		}
 
+		/*
+		 * Every endpoint hubsync calls returns a JSON body with its 2xx
+		 * status.  An empty body (from a proxy, or a connection closed
+		 * early without a Content-Length) is retried, and after the last
+		 * retry hs_parse_json() raises for it, because reading it as "no
+		 * results" would move the watermark past records never read.
+		 */
+		if (request.status >= 200 && request.status < 300 && request.status != 204 &&
+			request.response_len == 0 && retries < hs_max_retries)
+		{
+			wait_ms = backoff_delay_ms(retries);
+			retries++;
+			if (hs_current_stats)
+				hs_current_stats->retries++;
+			ereport(LOG,
+					(errmsg("hubsync: retrying HubSpot request %s in %ld ms after an empty HTTP %ld response (retry %d of %d)",
+							endpoint, wait_ms, request.status, retries, hs_max_retries),
+					 errhidestmt(true)));
+			hs_wait_interruptibly(wait_ms);
+			continue;
+		}
+
 		if ((request.status >= 200 && request.status < 300) ||
 			(accepted_status != 0 && request.status == accepted_status))
 		{
 			response.status = request.status;
-			if (request.response_len > 0)
+			if (request.response_len > 0 ||
+				(request.status >= 200 && request.status < 300 && request.status != 204))
 				response.body = hs_parse_json(request.response, request.response_len,
 											  endpoint, &response.nul_removed);
 			if (response.nul_removed > 0 && hs_current_stats)
@@ -406,7 +455,7 @@ hs_api_call(const char *method, const char *path, const char *body,
 				hs_current_stats->rate_limited++;
 			wait_ms = rate_limit_wait_ms(&request, error_body, &policy);
 			if (wait_ms < 0 || rate_limit_waits >= hs_max_rate_limit_waits)
-				report_http_error(endpoint, &request, error_body);
+				report_rate_limit(endpoint, &request, error_body, policy, rate_limit_waits);
 			rate_limit_waits++;
 			ereport(LOG,
 					(errmsg("hubsync: HubSpot rate limit %s reached on %s; waiting %ld ms",
