@@ -19,13 +19,6 @@ from hubsync_tap import (Session, Tap, install_checks, json_value, mirror_proble
 OPTIONS = ("-c hubsync.max_retries=1 -c hubsync.retry_base_delay=10ms "
            "-c hubsync.retry_max_delay=200ms -c hubsync.progress_notices=off")
 
-# Known bugs of the sync engine (src/sync.c), reported to its owner.
-DOUBLE_FAILURE = ("a CALL run that records its failure also leaves it in shared memory,"
-                  " and the next run records it again")
-NO_RESULTS = "a search response without a results array is read as an empty page"
-UNRECORDED = ("a failure while reconcile lists every id happens outside a step and leaves"
-              " the run's row marked running")
-
 tap = Tap()
 
 
@@ -88,7 +81,7 @@ def fault_mid_run(label, fault, failing_type, error_pattern, sqlstate, options=O
     tap.ok(not problems, f"{label}: the next run completes the mirror", *problems, stderr[-300:])
     recorded = int(value(f"SELECT count(*) FROM hubsync.sync_runs WHERE entity_type = '{failing_type}' "
                          "AND status IN ('failed', 'partial')"))
-    tap.is_(recorded, 1, f"{label}: the failure is recorded once", todo=DOUBLE_FAILURE)
+    tap.is_(recorded, 1, f"{label}: the failure is recorded once")
     return requests
 
 
@@ -171,7 +164,7 @@ def check_reconcile_failure():
     tap.like(err, r"ERROR:  08006: HubSpot request GET /crm/v3/objects/companies failed with HTTP 500",
              "reconcile: the client sees the error")
     tap.like(out, r"state failed", "reconcile: sync_status shows the failure, not a running run")
-    tap.like(out, r"row (failed|partial)", "reconcile: the run's row records the failure", todo=UNRECORDED)
+    tap.like(out, r"row (failed|partial)", "reconcile: the run's row records the failure")
 
 
 class FixedResponseHandler(http.server.BaseHTTPRequestHandler):
@@ -226,9 +219,9 @@ def check_bodies_without_results():
                   "WHERE entity_type = 'companies'"), "t", "empty 200 body: no watermark, no success")
 
     result, requests = run_against(b'{"total": 0}')
-    tap.ok(result.returncode != 0, "200 body without results: the run fails", todo=NO_RESULTS)
+    tap.ok(result.returncode != 0, "200 body without results: the run fails")
     tap.is_(value("SELECT last_sync_at IS NULL FROM hubsync.sync_status WHERE entity_type = 'companies'"),
-            "t", "200 body without results: not recorded as a complete sync", todo=NO_RESULTS)
+            "t", "200 body without results: not recorded as a complete sync")
 
 
 def main():

@@ -17,8 +17,6 @@ from hubsync_tap import (Session, Tap, json_value, mock, psql, set_faults, value
 
 tap = Tap()
 
-# Known bug of src/progress.c, reported to its owner.
-STALE_SLOT = "a backend that is terminated leaves its pid in its progress slot"
 
 
 def backend_state(pid):
@@ -92,7 +90,7 @@ def check_terminate():
     status = json_value("SELECT to_jsonb(s) FROM hubsync.sync_status s WHERE entity_type = 'companies'")
     tap.is_(status["state"], "interrupted", "terminate: sync_status shows the run as interrupted")
     tap.is_(value("SELECT pid IS NULL FROM hubsync.sync_progress WHERE entity_type = 'companies'"), "t",
-            "terminate: sync_progress no longer shows the dead backend", todo=STALE_SLOT)
+            "terminate: sync_progress no longer shows the dead backend")
     set_faults()
 
 
