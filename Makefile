@@ -7,6 +7,7 @@
 EXTENSION = hubsync
 MODULE_big = hubsync
 OBJS = \
+	src/cron_remote.o \
 	src/hubsync.o \
 	src/http.o \
 	src/hubspot.o \
@@ -20,8 +21,8 @@ PGFILEDESC = "hubsync - HubSpot CRM mirror and QuickBooks review queue"
 SQL_PARTS = $(sort $(wildcard src/sql/*.sql))
 DATA_built = hubsync--1.0.sql
 
-PG_CPPFLAGS = -I$(srcdir)/src $(shell curl-config --cflags)
-SHLIB_LINK = $(shell curl-config --libs)
+PG_CPPFLAGS = -I$(srcdir)/src -I$(libpq_srcdir) $(shell curl-config --cflags)
+SHLIB_LINK = $(libpq) $(shell curl-config --libs)
 
 # pg_regress (make installcheck): SQL-level behaviour, run against the
 # cluster that test/run-tests.sh starts with hubsync preloaded.

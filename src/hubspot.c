@@ -150,7 +150,14 @@ hubspot_detail(HsHttpRequest *request, Jsonb *body)
 
 	initStringInfo(&buf);
 	if (message != NULL)
-		appendStringInfo(&buf, "HubSpot says: %s", message);
+	{
+		size_t		length = strlen(message);
+		bool		ends_sentence = length > 0 &&
+			(message[length - 1] == '.' || message[length - 1] == '!' ||
+			 message[length - 1] == '?');
+
+		appendStringInfo(&buf, "HubSpot says: %s%s", message, ends_sentence ? "" : ".");
+	}
 	else if (request->content_type[0] != '\0')
 		appendStringInfo(&buf, "The response is not a HubSpot error body (content type %s).",
 						 request->content_type);
@@ -196,7 +203,7 @@ report_http_error(const char *endpoint, HsHttpRequest *request, Jsonb *body)
 				 errmsg("HubSpot request %s failed with HTTP %ld after %d retries",
 						endpoint, status, hs_max_retries),
 				 errdetail_internal("%s", detail),
-				 errhint("HubSpot is unavailable for now. Committed progress is kept, and the next run continues from the last watermark.")));
+				 errhint("HubSpot is unavailable for now. A CALL hubsync_run() keeps the pages it committed and a SELECT run leaves the data as it was; the next run continues from the last committed watermark.")));
 
 	ereport(ERROR,
 			(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
@@ -222,7 +229,7 @@ report_rate_limit(const char *endpoint, HsHttpRequest *request, Jsonb *body,
 				 errmsg("HubSpot daily request limit reached for %s (HTTP 429, policy DAILY)",
 						endpoint),
 				 errdetail_internal("%s", detail),
-				 errhint("Every request fails until the limit resets at midnight in the portal's time zone. Committed steps are kept, and the next run continues from the watermark.")));
+				 errhint("Every request fails until the limit resets at midnight in the portal's time zone. A CALL hubsync_run() keeps the pages it committed and a SELECT run leaves the data as it was; the next run continues from the last committed watermark.")));
 
 	ereport(ERROR,
 			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),

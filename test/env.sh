@@ -12,7 +12,7 @@ HS_PG_PORT=${HS_PG_PORT:-55432}
 HS_DB=${HS_DB:-hubsync_test}
 HS_TOKEN=${HS_TOKEN:-pat-na1-hubsync-test}
 HS_PG_BIN=$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)
-HS_PACKAGES="postgresql-15 postgresql-server-dev-15 libcurl4-openssl-dev postgresql-15-cron postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl python3 make gcc"
+HS_PACKAGES="postgresql-15 postgresql-server-dev-15 libpq-dev libcurl4-openssl-dev postgresql-15-cron postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl python3 make gcc"
 
 export PGHOST=$HS_RUN_DIR PGPORT=$HS_PG_PORT PGUSER=postgres
 export HS_REPO HS_RUN_DIR HS_PG_PORT HS_DB HS_TOKEN

@@ -8,6 +8,8 @@ CREATE EXTENSION IF NOT EXISTS pg_cron;
 CREATE EXTENSION IF NOT EXISTS hubsync;
 
 CREATE SCHEMA IF NOT EXISTS hubsync_test;
+-- Tests switch to unprivileged roles and still call error_of().
+GRANT USAGE ON SCHEMA hubsync_test TO PUBLIC;
 
 -- Single-quote a string for /bin/sh.
 CREATE OR REPLACE FUNCTION hubsync_test.shell_quote(value text) RETURNS text
@@ -89,4 +91,73 @@ BEGIN
            last_reconcile_at = NULL;
     DELETE FROM hubsync.sync_properties WHERE NOT is_default;
 END;
+$$;
+
+-- Helpers of the fault-injection tests.
+
+CREATE OR REPLACE FUNCTION hubsync_test.error_of(statement text) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_state text;
+    v_message text;
+    v_detail text;
+    v_hint text;
+BEGIN
+    EXECUTE statement;
+    RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
+    RETURN jsonb_build_object('sqlstate', v_state, 'message', v_message,
+                              'detail', v_detail, 'hint', v_hint);
+END;
+$$;
+
+-- Fingerprint of everything a sync writes: mirror rows, associations and
+-- watermarks.
+CREATE OR REPLACE FUNCTION hubsync_test.mirror_digest() RETURNS text
+LANGUAGE sql AS $$
+    SELECT md5(concat_ws('|',
+        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.companies),
+        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.contacts),
+        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.line_items),
+        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.invoices),
+        (SELECT string_agg(a::text, ',' ORDER BY a::text)
+           FROM (SELECT from_type, from_id, to_type, to_id, type_id, category, label
+                   FROM hubsync.associations) AS a),
+        (SELECT string_agg(w::text, ',' ORDER BY w.entity_type) FROM hubsync.sync_watermarks w)))
+$$;
+
+-- Run statement with the given faults installed.  Returns its error (or
+-- NULL), the requests the server saw, the elapsed time and whether the
+-- mirror is unchanged.
+CREATE OR REPLACE FUNCTION hubsync_test.run_with(statement text, faults jsonb DEFAULT '[]') RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_before text := hubsync_test.mirror_digest();
+    v_started timestamptz;
+    v_error jsonb;
+    v_elapsed_ms numeric;
+BEGIN
+    PERFORM hubsync_test.mock('faults', jsonb_build_object('faults', faults));
+    PERFORM hubsync_test.mock('stats/clear');
+    v_started := clock_timestamp();
+    v_error := hubsync_test.error_of(statement);
+    v_elapsed_ms := extract(epoch FROM clock_timestamp() - v_started) * 1000;
+    PERFORM hubsync_test.mock('faults', '{"faults": []}');
+    RETURN jsonb_build_object(
+        'error', v_error,
+        'elapsed_ms', v_elapsed_ms,
+        'unchanged', hubsync_test.mirror_digest() = v_before,
+        'requests', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                'method', r->>'method', 'path', r->>'path', 'status', (r->>'status')::int)), '[]')
+                       FROM hubsync_test.requests() AS r));
+END;
+$$;
+
+-- Requests of one run to a path, optionally only those with a status.
+CREATE OR REPLACE FUNCTION hubsync_test.run_requests(run jsonb, path text, status int DEFAULT NULL) RETURNS int
+LANGUAGE sql AS $$
+    SELECT count(*)::int FROM jsonb_array_elements(run->'requests') AS r
+     WHERE r->>'path' = path AND (status IS NULL OR (r->>'status')::int = status)
 $$;

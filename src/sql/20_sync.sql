@@ -23,6 +23,28 @@ AS $$
     ) AS s(p);
 $$;
 
+-- The records of one response page as rows, one per id (the newest
+-- version when a page repeats an id).  The C code has checked that every
+-- record has an id, a properties object and valid times.
+CREATE FUNCTION hubsync._page_records(p_records jsonb)
+RETURNS TABLE (id bigint, properties jsonb, created_at timestamptz, updated_at timestamptz,
+               archived boolean, archived_at timestamptz)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT DISTINCT ON (id) *
+    FROM (
+        SELECT (r->>'id')::bigint AS id,
+               coalesce(r->'properties', '{}'::jsonb) AS properties,
+               (r->>'createdAt')::timestamptz AS created_at,
+               (r->>'updatedAt')::timestamptz AS updated_at,
+               coalesce((r->>'archived')::boolean, false) AS archived,
+               (r->>'archivedAt')::timestamptz AS archived_at
+        FROM jsonb_array_elements(p_records) AS r
+    ) AS s
+    ORDER BY id, updated_at DESC NULLS LAST
+$$;
+
 -- Upsert one page of live records (from search or batch read).
 --
 -- A record whose properties, timestamps and archived flag are all the same
@@ -46,17 +68,7 @@ BEGIN
 
     EXECUTE format($q$
         WITH incoming AS (
-            SELECT DISTINCT ON (id) *
-            FROM (
-                SELECT (r->>'id')::bigint AS id,
-                       coalesce(r->'properties', '{}'::jsonb) AS properties,
-                       (r->>'createdAt')::timestamptz AS created_at,
-                       (r->>'updatedAt')::timestamptz AS updated_at,
-                       coalesce((r->>'archived')::boolean, false) AS archived,
-                       (r->>'archivedAt')::timestamptz AS archived_at
-                FROM jsonb_array_elements($1) AS r
-            ) AS s
-            ORDER BY id, updated_at DESC NULLS LAST
+            SELECT * FROM hubsync._page_records($1)
         ),
         before AS (
             SELECT t.id, t.properties, t.archived
@@ -218,16 +230,9 @@ DECLARE
 BEGIN
     EXECUTE format($q$
         WITH incoming AS (
-            SELECT DISTINCT ON (id) *
-            FROM (
-                SELECT (r->>'id')::bigint AS id,
-                       coalesce(r->'properties', '{}'::jsonb) AS properties,
-                       (r->>'createdAt')::timestamptz AS created_at,
-                       (r->>'updatedAt')::timestamptz AS updated_at,
-                       coalesce((r->>'archivedAt')::timestamptz, now()) AS archived_at
-                FROM jsonb_array_elements($1) AS r
-            ) AS s
-            ORDER BY id
+            SELECT id, properties, created_at, updated_at,
+                   coalesce(archived_at, now()) AS archived_at
+            FROM hubsync._page_records($1)
         ),
         before AS (
             SELECT t.id, t.properties, t.archived

@@ -10,12 +10,12 @@
 -- database named by cron.database_name, and its background worker starts
 -- every job from there.  When hubsync is installed in that database,
 -- hubsync_schedule() calls cron.schedule() directly.  When it is installed
--- in another database, no function here can write cron.job: PostgreSQL
--- has no cross-database writes, and a dblink connection would need its
--- own authentication set-up and would hide what runs as whom.  So
--- hubsync_schedule() then raises an error whose hint is the exact
--- cron.schedule_in_database() call to run in the cron database, and
--- sync_status cannot show the next run (next_run_at is NULL).
+-- in another database, a function cannot write cron.job, so
+-- hubsync_schedule() connects to the cron database of this server as the
+-- calling role (hubsync._cron_remote, in src/cron_remote.c) and runs
+-- cron.schedule_in_database() there; hubsync_unschedule() likewise.  The
+-- job still runs as the caller.  sync_status cannot read that job, so it
+-- shows no next run there (next_run_at is NULL).
 --
 -- Schedules are parsed here as well as by pg_cron, so that a mistake gets
 -- an error naming the field, and so that sync_status can compute the next
@@ -380,6 +380,16 @@ BEGIN
 END;
 $$;
 
+-- Run one statement in another database of this server, as the current
+-- role, and return its first value; src/cron_remote.c says how it
+-- connects and why roles other than superusers need a password.
+CREATE FUNCTION hubsync._cron_remote(database text, query text, arguments text[])
+RETURNS text
+AS 'MODULE_PATHNAME', 'hubsync_cron_remote'
+LANGUAGE C VOLATILE;
+REVOKE EXECUTE ON FUNCTION hubsync._cron_remote(text, text, text[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION hubsync._cron_remote(text, text, text[]) TO hubsync_admin;
+
 -- Create or replace the pg_cron job that runs CALL hubsync_run().
 --
 -- The job runs as the calling role (current_user).  That role must be able
@@ -422,35 +432,38 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value', DETAIL = v_detail, HINT = v_hint;
     END;
 
-    v_cron_database := hubsync._cron_database();
-    IF v_cron_database <> current_database() THEN
-        RAISE EXCEPTION 'pg_cron keeps its jobs in database "%", not in "%"',
-                        v_cron_database, current_database()
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'pg_cron stores jobs only in the database named by cron.database_name, '
-                           'and a function cannot write to another database.',
-                  HINT = format('Connect to database "%s" and run: SELECT cron.schedule_in_database(%L, %L, %L, %L, %L);',
-                                v_cron_database, v_job_name, v_schedule, v_command,
-                                current_database(), current_user);
-    END IF;
-    PERFORM hubsync._require_cron_extension();
-
     IF NOT (SELECT r.rolcanlogin FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
         RAISE EXCEPTION 'role "%" cannot log in, so pg_cron cannot run the sync job as it', current_user
             USING ERRCODE = 'invalid_authorization_specification',
                   DETAIL = 'The job runs as the role that calls hubsync_schedule().',
                   HINT = 'Call hubsync_schedule() as a role with LOGIN, e.g. after RESET ROLE.';
     END IF;
-    IF NOT has_schema_privilege('cron', 'USAGE') THEN
-        RAISE EXCEPTION 'role "%" may not use schema cron', current_user
-            USING ERRCODE = 'insufficient_privilege',
-                  HINT = format('As a superuser, run: GRANT USAGE ON SCHEMA cron TO %I;', current_user);
-    END IF;
     IF NOT has_function_privilege(format('%I.hubsync_run(text)', hubsync._extension_schema()),
                                   'EXECUTE') THEN
         RAISE EXCEPTION 'role "%" may not call hubsync_run(), so the sync job would fail', current_user
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Schedule the job as a role that may call hubsync_run(), such as a superuser.';
+    END IF;
+
+    -- In another database than pg_cron's, the job is created there, over a
+    -- connection of this role (see hubsync._cron_remote).
+    v_cron_database := hubsync._cron_database();
+    IF v_cron_database <> current_database() THEN
+        v_job_id := hubsync._cron_remote(
+            v_cron_database,
+            'SELECT cron.schedule_in_database($1, $2, $3, $4, $5)',
+            ARRAY[v_job_name, v_schedule, v_command, current_database(), current_user::text])::bigint;
+        RAISE NOTICE 'hubsync: pg_cron job % (in database "%") runs "%" in "%" on schedule "%" (%)',
+                     v_job_id, v_cron_database, v_command, current_database(), v_schedule,
+                     hubsync._cron_time_zone();
+        RETURN v_job_id;
+    END IF;
+    PERFORM hubsync._require_cron_extension();
+
+    IF NOT has_schema_privilege('cron', 'USAGE') THEN
+        RAISE EXCEPTION 'role "%" may not use schema cron', current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('As a superuser, run: GRANT USAGE ON SCHEMA cron TO %I;', current_user);
     END IF;
 
     FOR v_other IN
@@ -503,13 +516,15 @@ DECLARE
     v_removed int := 0;
 BEGIN
     IF v_cron_database <> current_database() THEN
-        RAISE EXCEPTION 'pg_cron keeps its jobs in database "%", not in "%"',
-                        v_cron_database, current_database()
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'pg_cron stores jobs only in the database named by cron.database_name, '
-                           'and a function cannot write to another database.',
-                  HINT = format('Connect to database "%s" and run: SELECT cron.unschedule(%L);',
-                                v_cron_database, v_job_name);
+        IF hubsync._cron_remote(
+               v_cron_database,
+               'SELECT bool_or(cron.unschedule(j.jobid)) FROM cron.job j'
+               ' WHERE j.jobname = $1 AND j.database = $2',
+               ARRAY[v_job_name, current_database()]) IS NULL THEN
+            RAISE NOTICE 'hubsync: there is no pg_cron job "%" to remove', v_job_name;
+            RETURN false;
+        END IF;
+        RETURN true;
     END IF;
     PERFORM hubsync._require_cron_extension();
 

@@ -47,6 +47,8 @@ REVOKE EXECUTE ON FUNCTION
     @extschema@.hubsync_reject_bulk(text, text, text, bigint[])
 FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE @extschema@.hubsync_run(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.hubsync_progress() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.hubsync_progress() TO hubsync_admin;
 
 GRANT EXECUTE ON FUNCTION
     @extschema@.hubsync_incremental(text),

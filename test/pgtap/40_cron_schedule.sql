@@ -4,25 +4,6 @@
 BEGIN;
 SELECT plan(80);
 
--- SQLSTATE, message, detail and hint of the error a statement raises.
-CREATE FUNCTION pg_temp.error_of(statement text) RETURNS jsonb
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_state text;
-    v_message text;
-    v_detail text;
-    v_hint text;
-BEGIN
-    EXECUTE statement;
-    RETURN NULL;
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-    RETURN jsonb_build_object('sqlstate', v_state, 'message', v_message,
-                              'detail', v_detail, 'hint', v_hint);
-END;
-$$;
-
 -- Parsed sets.
 SELECT is((SELECT row(minutes, hours, days, months, weekdays, days_star, weekdays_star)::text
              FROM hubsync.cron_parse('*/15 * * * *')),
@@ -101,7 +82,7 @@ SELECT ok(hubsync.cron_next_run('*/5 * * * *') > now()
 
 -- Invalid schedules: SQLSTATE 22023, the schedule in the message, the
 -- problem in the detail.
-SELECT is(pg_temp.error_of(format('SELECT hubsync.cron_parse(%L)', schedule))
+SELECT is(hubsync_test.error_of(format('SELECT hubsync.cron_parse(%L)', schedule))
             - 'hint',
           jsonb_build_object('sqlstate', '22023',
                              'message', format('invalid cron schedule "%s"', schedule),
@@ -136,15 +117,15 @@ FROM (VALUES
     ('30 seconds',      'The schedule has 2 fields; pg_cron expects 5: minute, hour, day of month, month, day of week.')
 ) AS cases(schedule, detail);
 
-SELECT alike(pg_temp.error_of($$SELECT hubsync.cron_parse('61 * * * *')$$)->>'hint',
+SELECT alike(hubsync_test.error_of($$SELECT hubsync.cron_parse('61 * * * *')$$)->>'hint',
             'Use five fields "minute hour day-of-month month day-of-week" in GMT%',
             'cron_parse: the hint shows the five fields and the time zone');
-SELECT is(pg_temp.error_of($$SELECT hubsync.cron_parse(NULL)$$)->>'sqlstate', '22004',
+SELECT is(hubsync_test.error_of($$SELECT hubsync.cron_parse(NULL)$$)->>'sqlstate', '22004',
           'cron_parse: NULL raises null_value_not_allowed');
-SELECT is(pg_temp.error_of($$SELECT hubsync._cron_check('0 0 31 2 *')$$)->>'detail',
+SELECT is(hubsync_test.error_of($$SELECT hubsync._cron_check('0 0 31 2 *')$$)->>'detail',
           'The schedule never runs: no date matches its day-of-month, month and day-of-week fields.',
           '_cron_check rejects a schedule that never runs');
-SELECT is(pg_temp.error_of($$SELECT hubsync._cron_check('0 0 29 2 *')$$), NULL,
+SELECT is(hubsync_test.error_of($$SELECT hubsync._cron_check('0 0 29 2 *')$$), NULL,
           '_cron_check accepts a schedule that runs every four years');
 
 -- Every schedule hubsync accepts is one pg_cron accepts too.

@@ -5,24 +5,6 @@
 BEGIN;
 SELECT plan(52);
 
-CREATE FUNCTION pg_temp.error_of(statement text) RETURNS jsonb
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_state text;
-    v_message text;
-    v_detail text;
-    v_hint text;
-BEGIN
-    EXECUTE statement;
-    RETURN NULL;
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-    RETURN jsonb_build_object('sqlstate', v_state, 'message', v_message,
-                              'detail', v_detail, 'hint', v_hint);
-END;
-$$;
-
 -- Jobs of the test database that hubsync manages or runs.
 CREATE FUNCTION pg_temp.jobs() RETURNS TABLE (jobid bigint, jobname text, schedule text,
     command text, database text, username text, active boolean)
@@ -75,15 +57,15 @@ SELECT results_eq('SELECT schedule FROM pg_temp.jobs()', $$VALUES ('0 */2 * * *'
                   'the job has the new schedule, trimmed, and no second job exists');
 
 -- Invalid schedules leave the job alone.
-SELECT is(pg_temp.error_of($$SELECT hubsync_schedule('61 * * * *')$$) - 'hint',
+SELECT is(hubsync_test.error_of($$SELECT hubsync_schedule('61 * * * *')$$) - 'hint',
           '{"sqlstate": "22023", "message": "invalid cron schedule \"61 * * * *\"", "detail": "The minute value 61 is out of range 0-59."}'::jsonb,
           'hubsync_schedule() rejects an out-of-range minute');
-SELECT is(pg_temp.error_of($$SELECT hubsync_schedule('0 0 30 2 *')$$)->>'detail',
+SELECT is(hubsync_test.error_of($$SELECT hubsync_schedule('0 0 30 2 *')$$)->>'detail',
           'The schedule never runs: no date matches its day-of-month, month and day-of-week fields.',
           'hubsync_schedule() rejects a schedule that never runs');
-SELECT is(pg_temp.error_of($$SELECT hubsync_schedule('* * * * * *')$$)->>'sqlstate', '22023',
+SELECT is(hubsync_test.error_of($$SELECT hubsync_schedule('* * * * * *')$$)->>'sqlstate', '22023',
           'hubsync_schedule() rejects six fields, which pg_cron 1.4 would accept');
-SELECT is(pg_temp.error_of($$SELECT hubsync_schedule(NULL)$$)->>'sqlstate', '22004',
+SELECT is(hubsync_test.error_of($$SELECT hubsync_schedule(NULL)$$)->>'sqlstate', '22004',
           'hubsync_schedule(NULL) raises null_value_not_allowed');
 SELECT results_eq('SELECT schedule FROM pg_temp.jobs()', $$VALUES ('0 */2 * * *'::text)$$,
                   'rejected schedules left the job unchanged');
@@ -152,13 +134,13 @@ GRANT EXECUTE ON FUNCTION hubsync_schedule(text), hubsync_unschedule()
 GRANT EXECUTE ON PROCEDURE hubsync_run(text) TO hubsync_test_scheduler, hubsync_test_nologin;
 
 SET ROLE hubsync_test_nologin;
-SELECT is(pg_temp.error_of('SELECT hubsync_schedule()') - 'hint' - 'detail',
+SELECT is(hubsync_test.error_of('SELECT hubsync_schedule()') - 'hint' - 'detail',
           '{"sqlstate": "28000", "message": "role \"hubsync_test_nologin\" cannot log in, so pg_cron cannot run the sync job as it"}'::jsonb,
           'a role without LOGIN cannot schedule');
 RESET ROLE;
 
 SET ROLE hubsync_test_scheduler;
-SELECT is(pg_temp.error_of('SELECT hubsync_schedule()') - 'detail',
+SELECT is(hubsync_test.error_of('SELECT hubsync_schedule()') - 'detail',
           '{"sqlstate": "42501", "message": "role \"hubsync_test_scheduler\" may not use schema cron", "hint": "As a superuser, run: GRANT USAGE ON SCHEMA cron TO hubsync_test_scheduler;"}'::jsonb,
           'a role without USAGE on schema cron gets the GRANT to run');
 RESET ROLE;
@@ -184,7 +166,7 @@ SELECT is((SELECT count(*)::int FROM pg_temp.jobs()), 1, 'the superuser''s job i
 
 REVOKE EXECUTE ON PROCEDURE hubsync_run(text) FROM PUBLIC, hubsync_test_scheduler;
 SET ROLE hubsync_test_scheduler;
-SELECT is(pg_temp.error_of('SELECT hubsync_schedule()')->>'message',
+SELECT is(hubsync_test.error_of('SELECT hubsync_schedule()')->>'message',
           'role "hubsync_test_scheduler" may not call hubsync_run(), so the sync job would fail',
           'a role that may not call hubsync_run() cannot schedule it');
 RESET ROLE;
@@ -204,7 +186,7 @@ SELECT ok(obj_description('hubsync_schedule(text)'::regprocedure, 'pg_proc') IS 
 
 -- Without pg_cron in this database (DROP EXTENSION is rolled back below).
 DROP EXTENSION pg_cron;
-SELECT is(pg_temp.error_of('SELECT hubsync_schedule()') - 'detail',
+SELECT is(hubsync_test.error_of('SELECT hubsync_schedule()') - 'detail',
           jsonb_build_object('sqlstate', '55000',
                              'message', format('pg_cron is not installed in database "%s"', current_database()),
                              'hint', 'Run CREATE EXTENSION pg_cron; in this database as a superuser.'),

@@ -11,73 +11,6 @@ SET hubsync.retry_base_delay = '10ms';
 SET hubsync.retry_max_delay = '300ms';
 SET hubsync.max_retries = 2;
 
-CREATE FUNCTION pg_temp.error_of(statement text) RETURNS jsonb
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_state text;
-    v_message text;
-    v_detail text;
-    v_hint text;
-BEGIN
-    EXECUTE statement;
-    RETURN NULL;
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-    RETURN jsonb_build_object('sqlstate', v_state, 'message', v_message,
-                              'detail', v_detail, 'hint', v_hint);
-END;
-$$;
-
--- Fingerprint of everything a sync writes: mirror rows, associations and
--- watermarks.
-CREATE FUNCTION pg_temp.mirror_digest() RETURNS text
-LANGUAGE sql AS $$
-    SELECT md5(concat_ws('|',
-        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.companies),
-        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.contacts),
-        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.line_items),
-        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.invoices),
-        (SELECT string_agg(a::text, ',' ORDER BY a::text)
-           FROM (SELECT from_type, from_id, to_type, to_id, type_id, category, label
-                   FROM hubsync.associations) AS a),
-        (SELECT string_agg(w::text, ',' ORDER BY w.entity_type) FROM hubsync.sync_watermarks w)))
-$$;
-
--- Run statement with the given faults installed.  Returns its error (or
--- NULL), the requests the server saw, the elapsed time and whether the
--- mirror is unchanged.
-CREATE FUNCTION pg_temp.run_with(statement text, faults jsonb DEFAULT '[]') RETURNS jsonb
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_before text := pg_temp.mirror_digest();
-    v_started timestamptz;
-    v_error jsonb;
-    v_elapsed_ms numeric;
-BEGIN
-    PERFORM hubsync_test.mock('faults', jsonb_build_object('faults', faults));
-    PERFORM hubsync_test.mock('stats/clear');
-    v_started := clock_timestamp();
-    v_error := pg_temp.error_of(statement);
-    v_elapsed_ms := extract(epoch FROM clock_timestamp() - v_started) * 1000;
-    PERFORM hubsync_test.mock('faults', '{"faults": []}');
-    RETURN jsonb_build_object(
-        'error', v_error,
-        'elapsed_ms', v_elapsed_ms,
-        'unchanged', pg_temp.mirror_digest() = v_before,
-        'requests', (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                                'method', r->>'method', 'path', r->>'path', 'status', (r->>'status')::int)), '[]')
-                       FROM hubsync_test.requests() AS r));
-END;
-$$;
-
--- Requests of one run to a path, optionally only those with a status.
-CREATE FUNCTION pg_temp.requests(run jsonb, path text, status int DEFAULT NULL) RETURNS int
-LANGUAGE sql AS $$
-    SELECT count(*)::int FROM jsonb_array_elements(run->'requests') AS r
-     WHERE r->>'path' = path AND (status IS NULL OR (r->>'status')::int = status)
-$$;
-
 -- Mirror rows (id, updated_at) against the portal's live records.
 CREATE FUNCTION pg_temp.mirror_matches_portal() RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -120,7 +53,7 @@ $$;
 -- The non-search responses give a 10,000 ms window, and the wait is capped
 -- by hubsync.retry_max_delay (300 ms).
 CREATE TEMP TABLE ten_secondly AS
-SELECT pg_temp.run_with('SELECT * FROM hubsync_full_incremental()',
+SELECT hubsync_test.run_with('SELECT * FROM hubsync_full_incremental()',
     '[{"path": "^/crm/v4/associations/", "kind": "rate429", "policy": "TEN_SECONDLY_ROLLING", "count": 2}]') AS run;
 SELECT is((SELECT run->>'error' FROM ten_secondly), NULL, 'TEN_SECONDLY_ROLLING: the run succeeds');
 SELECT is((SELECT count(*)::int FROM jsonb_array_elements((SELECT run->'requests' FROM ten_secondly)) r
@@ -137,10 +70,10 @@ SELECT ok(pg_temp.associations_match_portal(), 'TEN_SECONDLY_ROLLING: every asso
 -- SECONDLY on search, after an edit in the portal.
 SELECT hubsync_test.mock('edit', '{"type": "companies", "id": "1000003", "properties": {"city": "Rate Limit City"}}');
 CREATE TEMP TABLE secondly AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
     '[{"path": "^/crm/v3/objects/companies/search$", "kind": "rate429", "policy": "SECONDLY", "count": 2}]') AS run;
 SELECT is((SELECT run->>'error' FROM secondly), NULL, 'SECONDLY: the run succeeds');
-SELECT is(pg_temp.requests((SELECT run FROM secondly), '/crm/v3/objects/companies/search', 429), 2,
+SELECT is(hubsync_test.run_requests((SELECT run FROM secondly), '/crm/v3/objects/companies/search', 429), 2,
           'SECONDLY: two searches were rate limited');
 SELECT is((SELECT rate_limited::int FROM hubsync.sync_runs WHERE entity_type = 'companies' ORDER BY id DESC LIMIT 1),
           2, 'SECONDLY: the companies run counts 2 rate-limited responses');
@@ -154,7 +87,7 @@ SELECT is((SELECT properties->>'city' FROM hubsync.companies WHERE id = 1000003)
 -- TEN_SECONDLY_ROLLING on a search response, which has no rate-limit
 -- headers: the 10-second default window is capped too.
 CREATE TEMP TABLE no_headers AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('contacts')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('contacts')$$,
     '[{"path": "^/crm/v3/objects/contacts/search$", "kind": "rate429", "policy": "TEN_SECONDLY_ROLLING", "count": 1}]') AS run;
 SELECT is((SELECT run->>'error' FROM no_headers), NULL, 'no window header: the run succeeds');
 SELECT cmp_ok((SELECT (run->>'elapsed_ms')::numeric FROM no_headers), '<', 2000::numeric,
@@ -165,7 +98,7 @@ SET hubsync.retry_max_delay = '5s';
 SELECT hubsync_test.mock('config', '{"retry_after_seconds": 1}');
 SELECT hubsync_test.mock('edit', '{"type": "companies", "id": "1000004", "properties": {"city": "Retry After City"}}');
 CREATE TEMP TABLE retry_after AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
     '[{"path": "^/crm/v3/objects/companies$", "kind": "rate429", "policy": "TEN_SECONDLY_ROLLING", "count": 1}]') AS run;
 SELECT hubsync_test.mock('config', '{"retry_after_seconds": null}');
 SET hubsync.retry_max_delay = '300ms';
@@ -182,7 +115,7 @@ SELECT is((SELECT properties->>'city' FROM hubsync.companies WHERE id = 1000004)
 SELECT hubsync_test.reset('small');
 SELECT hubsync_test.mock('config', '{"search_per_second": 2}');
 CREATE TEMP TABLE limiter AS
-SELECT pg_temp.run_with('SELECT * FROM hubsync_full_incremental()') AS run;
+SELECT hubsync_test.run_with('SELECT * FROM hubsync_full_incremental()') AS run;
 SELECT hubsync_test.mock('config', '{"search_per_second": null}');
 SELECT is((SELECT run->>'error' FROM limiter), NULL, 'search limiter: the full load succeeds');
 SELECT cmp_ok((SELECT sum(rate_limited)::int FROM hubsync.sync_runs), '>', 0,
@@ -198,7 +131,7 @@ SELECT ok(pg_temp.associations_match_portal(), 'search limiter: every associatio
 -- with an error that names the policy.
 SET hubsync.max_rate_limit_waits = 2;
 CREATE TEMP TABLE exhausted AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('contacts')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('contacts')$$,
     '[{"path": "^/crm/v3/objects/contacts/search$", "kind": "rate429", "policy": "SECONDLY", "count": -1}]') AS run;
 RESET hubsync.max_rate_limit_waits;
 SELECT is((SELECT run->'error'->>'message' FROM exhausted),
@@ -207,7 +140,7 @@ SELECT is((SELECT run->'error'->>'message' FROM exhausted),
 SELECT is((SELECT run->'error'->>'sqlstate' FROM exhausted), '53400', 'waits exhausted: SQLSTATE 53400');
 SELECT alike((SELECT run->'error'->>'hint' FROM exhausted), '%hubsync.max_rate_limit_waits%',
              'waits exhausted: the hint names the setting');
-SELECT is(pg_temp.requests((SELECT run FROM exhausted), '/crm/v3/objects/contacts/search'), 3,
+SELECT is(hubsync_test.run_requests((SELECT run FROM exhausted), '/crm/v3/objects/contacts/search'), 3,
           'waits exhausted: the first request and two more after waiting');
 SELECT ok((SELECT (run->>'unchanged')::boolean FROM exhausted), 'waits exhausted: nothing was written');
 
@@ -216,7 +149,7 @@ SELECT hubsync_test.mock('edit', '{"type": "contacts", "id": "2000002", "propert
 SELECT hubsync_test.mock('edit', '{"type": "invoices", "id": "3000002", "properties": {"hs_title": "Daily"}}');
 CREATE TEMP TABLE watermarks_before AS SELECT * FROM hubsync.sync_watermarks;
 CREATE TEMP TABLE daily AS
-SELECT pg_temp.run_with('SELECT * FROM hubsync_full_incremental()',
+SELECT hubsync_test.run_with('SELECT * FROM hubsync_full_incremental()',
     '[{"path": "^/crm/v3/objects/invoices/search$", "kind": "rate429", "policy": "DAILY", "count": -1}]') AS run;
 SELECT is((SELECT run->'error'->>'message' FROM daily),
           'HubSpot daily request limit reached for POST /crm/v3/objects/invoices/search (HTTP 429, policy DAILY)',
@@ -226,7 +159,7 @@ SELECT alike((SELECT run->'error'->>'hint' FROM daily), '%resets at midnight in 
              'DAILY: the hint says when the limit resets');
 SELECT alike((SELECT run->'error'->>'detail' FROM daily), 'HubSpot says: You have reached your daily limit.%',
              'DAILY: the detail has HubSpot''s message');
-SELECT is(pg_temp.requests((SELECT run FROM daily), '/crm/v3/objects/invoices/search'), 1,
+SELECT is(hubsync_test.run_requests((SELECT run FROM daily), '/crm/v3/objects/invoices/search'), 1,
           'DAILY: exactly one search request, no retry');
 SELECT is((SELECT (r->>'path') FROM jsonb_array_elements((SELECT run->'requests' FROM daily)) WITH ORDINALITY AS x(r, n)
             ORDER BY n DESC LIMIT 1),
@@ -240,7 +173,7 @@ SELECT set_eq('SELECT * FROM hubsync.sync_watermarks', 'SELECT * FROM watermarks
 SELECT hubsync_test.mock('stats/clear');
 SELECT hubsync_test.mock('config', '{"daily": 2}');
 CREATE TEMP TABLE daily_limiter AS
-SELECT pg_temp.run_with('SELECT * FROM hubsync_full_incremental()') AS run;
+SELECT hubsync_test.run_with('SELECT * FROM hubsync_full_incremental()') AS run;
 SELECT hubsync_test.mock('config', '{"daily": null}');
 SELECT alike((SELECT run->'error'->>'message' FROM daily_limiter),
              'HubSpot daily request limit reached for % (HTTP 429, policy DAILY)',

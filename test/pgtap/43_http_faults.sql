@@ -12,66 +12,6 @@ SET hubsync.retry_base_delay = '20ms';
 SET hubsync.retry_max_delay = '1s';
 SET hubsync.request_timeout = '400ms';
 
-CREATE FUNCTION pg_temp.error_of(statement text) RETURNS jsonb
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_state text;
-    v_message text;
-    v_detail text;
-    v_hint text;
-BEGIN
-    EXECUTE statement;
-    RETURN NULL;
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-    RETURN jsonb_build_object('sqlstate', v_state, 'message', v_message,
-                              'detail', v_detail, 'hint', v_hint);
-END;
-$$;
-
-CREATE FUNCTION pg_temp.mirror_digest() RETURNS text
-LANGUAGE sql AS $$
-    SELECT md5(concat_ws('|',
-        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.companies),
-        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.contacts),
-        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.line_items),
-        (SELECT string_agg(format('%s %s %s %s', id, properties, updated_at, archived), ',' ORDER BY id) FROM hubsync.invoices),
-        (SELECT string_agg(a::text, ',' ORDER BY a::text)
-           FROM (SELECT from_type, from_id, to_type, to_id, type_id, category, label
-                   FROM hubsync.associations) AS a),
-        (SELECT string_agg(w::text, ',' ORDER BY w.entity_type) FROM hubsync.sync_watermarks w)))
-$$;
-
-CREATE FUNCTION pg_temp.run_with(statement text, faults jsonb DEFAULT '[]') RETURNS jsonb
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_before text := pg_temp.mirror_digest();
-    v_started timestamptz;
-    v_error jsonb;
-    v_elapsed_ms numeric;
-BEGIN
-    PERFORM hubsync_test.mock('faults', jsonb_build_object('faults', faults));
-    PERFORM hubsync_test.mock('stats/clear');
-    v_started := clock_timestamp();
-    v_error := pg_temp.error_of(statement);
-    v_elapsed_ms := extract(epoch FROM clock_timestamp() - v_started) * 1000;
-    PERFORM hubsync_test.mock('faults', '{"faults": []}');
-    RETURN jsonb_build_object(
-        'error', v_error,
-        'elapsed_ms', v_elapsed_ms,
-        'unchanged', pg_temp.mirror_digest() = v_before,
-        'requests', (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                                'method', r->>'method', 'path', r->>'path', 'status', (r->>'status')::int)), '[]')
-                       FROM hubsync_test.requests() AS r));
-END;
-$$;
-
-CREATE FUNCTION pg_temp.requests(run jsonb, path text) RETURNS int
-LANGUAGE sql AS $$
-    SELECT count(*)::int FROM jsonb_array_elements(run->'requests') AS r WHERE r->>'path' = path
-$$;
-
 -- A synced mirror, then edits in the portal that the faulty runs would
 -- have written.
 SELECT is((SELECT count(*)::int FROM hubsync_full_incremental() WHERE status = 'ok'), 4, 'initial full sync');
@@ -80,7 +20,7 @@ SELECT hubsync_test.mock('edit', '{"type": "contacts", "id": "2000002", "propert
 
 -- 500, 502, 503 and 504 on every attempt: 3 requests, then an error.
 CREATE TEMP TABLE status_runs AS
-SELECT status, pg_temp.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
+SELECT status, hubsync_test.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
     jsonb_build_array(jsonb_build_object('path', '^/crm/v3/objects/companies/search$',
                                          'kind', 'status', 'status', status, 'count', -1))) AS run
 FROM unnest(ARRAY[500, 502, 503, 504]) AS status;
@@ -94,19 +34,19 @@ FROM status_runs ORDER BY status;
 SELECT alike(run->'error'->>'detail', 'HubSpot says: % Correlation id: %',
              format('HTTP %s: the detail has HubSpot''s message and correlation id', status))
 FROM status_runs ORDER BY status;
-SELECT is(pg_temp.requests(run, '/crm/v3/objects/companies/search'), 3,
+SELECT is(hubsync_test.run_requests(run, '/crm/v3/objects/companies/search'), 3,
           format('HTTP %s: one request and 2 retries', status))
 FROM status_runs ORDER BY status;
 SELECT ok((run->>'unchanged')::boolean, format('HTTP %s: nothing was written', status))
 FROM status_runs ORDER BY status;
 SELECT alike((SELECT run->'error'->>'hint' FROM status_runs WHERE status = 503),
-             'HubSpot is unavailable for now. Committed progress is kept%', '503: the hint says what was kept');
+             'HubSpot is unavailable for now. A CALL hubsync_run() keeps the pages it committed%', '503: the hint says what was kept');
 
 -- Backoff: with a 200 ms base delay the two retries wait at least
 -- 100 + 200 ms (jitter takes at most half of each delay).
 SET hubsync.retry_base_delay = '200ms';
 CREATE TEMP TABLE backoff AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
     '[{"path": "^/crm/v3/objects/companies/search$", "kind": "status", "status": 503, "count": -1}]') AS run;
 SET hubsync.retry_base_delay = '20ms';
 SELECT cmp_ok((SELECT (run->>'elapsed_ms')::numeric FROM backoff), '>=', 300::numeric,
@@ -116,7 +56,7 @@ SELECT cmp_ok((SELECT (run->>'elapsed_ms')::numeric FROM backoff), '<', 1500::nu
 
 -- A 503 that goes away is retried and the run completes.
 CREATE TEMP TABLE transient AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
     '[{"path": "^/crm/v3/objects/companies/search$", "kind": "status", "status": 503, "count": 2}]') AS run;
 SELECT is((SELECT run->>'error' FROM transient), NULL, 'transient 503: the run succeeds');
 SELECT is((SELECT retries::int FROM hubsync.sync_runs WHERE entity_type = 'companies' AND status = 'ok'
@@ -127,7 +67,7 @@ SELECT is((SELECT properties->>'city' FROM hubsync.companies WHERE id = 1000002)
 -- A connection reset on every attempt.
 SELECT hubsync_test.mock('edit', '{"type": "companies", "id": "1000002", "properties": {"city": "Resetville"}}');
 CREATE TEMP TABLE reset AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
     '[{"path": "^/crm/v3/objects/companies/search$", "kind": "reset", "count": -1}]') AS run;
 SELECT alike((SELECT run->'error'->>'message' FROM reset), 'HubSpot request POST /crm/v3/objects/companies/search failed: %',
              'reset: the error names the endpoint');
@@ -137,13 +77,13 @@ SELECT alike((SELECT run->'error'->>'hint' FROM reset), '%hubsync.hubspot_url%',
 -- libcurl sends a request again, once, on a fresh connection when a reused
 -- keep-alive connection closes without a response, so the first of the
 -- three attempts may reach the server twice.
-SELECT ok(pg_temp.requests((SELECT run FROM reset), '/crm/v3/objects/companies/search') BETWEEN 3 AND 4,
+SELECT ok(hubsync_test.run_requests((SELECT run FROM reset), '/crm/v3/objects/companies/search') BETWEEN 3 AND 4,
           'reset: 3 attempts');
 SELECT ok((SELECT (run->>'unchanged')::boolean FROM reset), 'reset: nothing was written');
 
 -- An HTML error page from a proxy.
 CREATE TEMP TABLE html AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
     '[{"path": "^/crm/v3/objects/companies/search$", "kind": "html", "status": 502, "count": -1}]') AS run;
 SELECT is((SELECT run->'error'->>'message' FROM html),
           'HubSpot request POST /crm/v3/objects/companies/search failed with HTTP 502 after 2 retries',
@@ -151,12 +91,12 @@ SELECT is((SELECT run->'error'->>'message' FROM html),
 SELECT alike((SELECT run->'error'->>'detail' FROM html),
           'The response is not a HubSpot error body (content type text/html; charset=UTF-8).%',
           'HTML page: the detail says it was not a HubSpot error body');
-SELECT is(pg_temp.requests((SELECT run FROM html), '/crm/v3/objects/companies/search'), 3, 'HTML page: 3 attempts');
+SELECT is(hubsync_test.run_requests((SELECT run FROM html), '/crm/v3/objects/companies/search'), 3, 'HTML page: 3 attempts');
 SELECT ok((SELECT (run->>'unchanged')::boolean FROM html), 'HTML page: nothing was written');
 
 -- A hang longer than hubsync.request_timeout (400 ms): each attempt times out.
 CREATE TEMP TABLE hang AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
     '[{"path": "^/crm/v3/objects/companies/search$", "kind": "hang", "ms": 1500, "count": -1}]') AS run;
 -- The server completes the abandoned requests later, so wait for them to
 -- keep them out of the request counts of the next cases.
@@ -175,15 +115,15 @@ SELECT ok((SELECT (run->>'unchanged')::boolean FROM hang), 'hang: nothing was wr
 
 -- A body shorter than its Content-Length: a transport error, retried.
 CREATE TEMP TABLE truncated AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
     '[{"path": "^/crm/v3/objects/companies$", "kind": "truncate", "count": -1}]') AS run;
 SELECT alike((SELECT run->'error'->>'message' FROM truncated),
              'HubSpot request GET /crm/v3/objects/companies failed: %',
              'truncated: the error names the endpoint without its query string');
-SELECT is(pg_temp.requests((SELECT run FROM truncated), '/crm/v3/objects/companies'), 3, 'truncated: 3 attempts');
+SELECT is(hubsync_test.run_requests((SELECT run FROM truncated), '/crm/v3/objects/companies'), 3, 'truncated: 3 attempts');
 SELECT ok((SELECT (run->>'unchanged')::boolean FROM truncated), 'truncated: nothing was written');
 CREATE TEMP TABLE truncated_once AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
     '[{"path": "^/crm/v3/objects/companies/search$", "kind": "truncate", "count": 1}]') AS run;
 SELECT is((SELECT run->>'error' FROM truncated_once), NULL, 'truncated once: the retry succeeds');
 SELECT is((SELECT properties->>'city' FROM hubsync.companies WHERE id = 1000002), 'Resetville',
@@ -192,7 +132,7 @@ SELECT is((SELECT properties->>'city' FROM hubsync.companies WHERE id = 1000002)
 -- Malformed JSON with status 200: not retried, nothing from it written.
 SELECT hubsync_test.mock('edit', '{"type": "companies", "id": "1000002", "properties": {"city": "Malformed"}}');
 CREATE TEMP TABLE malformed AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('companies')$$,
     '[{"path": "^/crm/v3/objects/companies/search$", "kind": "malformed", "count": 1}]') AS run;
 SELECT is((SELECT run->'error'->>'message' FROM malformed),
           'HubSpot returned invalid JSON for POST /crm/v3/objects/companies/search',
@@ -202,7 +142,7 @@ SELECT alike((SELECT run->'error'->>'detail' FROM malformed), '%Body starts with
              'malformed: the detail quotes the start of the body');
 SELECT is((SELECT run->'error'->>'hint' FROM malformed),
           'Nothing from this response was written; the next run retries it.', 'malformed: the hint');
-SELECT is(pg_temp.requests((SELECT run FROM malformed), '/crm/v3/objects/companies/search'), 1,
+SELECT is(hubsync_test.run_requests((SELECT run FROM malformed), '/crm/v3/objects/companies/search'), 1,
           'malformed: not retried');
 SELECT ok((SELECT (run->>'unchanged')::boolean FROM malformed), 'malformed: nothing was written');
 
@@ -210,7 +150,7 @@ SELECT ok((SELECT (run->>'unchanged')::boolean FROM malformed), 'malformed: noth
 -- written either.
 SELECT hubsync_test.mock('edit', '{"type": "invoices", "id": "3000003", "properties": {"hs_title": "Malformed links"}}');
 CREATE TEMP TABLE malformed_links AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('invoices')$$,
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('invoices')$$,
     '[{"path": "^/crm/v4/associations/invoices/", "kind": "malformed", "count": 1}]') AS run;
 SELECT alike((SELECT run->'error'->>'message' FROM malformed_links),
              'HubSpot returned invalid JSON for POST /crm/v4/associations/invoices/%/batch/read',
@@ -223,7 +163,7 @@ SELECT isnt((SELECT properties->>'hs_title' FROM hubsync.invoices WHERE id = 300
 CREATE TEMP TABLE ok_runs_before AS SELECT count(*) AS n FROM hubsync.sync_runs WHERE status = 'ok';
 SELECT hubsync_test.mock('config', '{"token": "pat-na1-some-other-token"}');
 CREATE TEMP TABLE unauthorized AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('contacts')$$) AS run;
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('contacts')$$) AS run;
 SELECT hubsync_test.mock('config', '{"token": "pat-na1-hubsync-test"}');
 SELECT is((SELECT run->'error'->>'message' FROM unauthorized),
           'HubSpot rejected the access token for POST /crm/v3/objects/contacts/search (HTTP 401)',
@@ -241,7 +181,7 @@ SELECT is((SELECT count(*)::int FROM hubsync.sync_runs WHERE status = 'ok'),
 -- 403: the app lacks the contacts scope.
 SELECT hubsync_test.mock('config', '{"missing_scopes": ["crm.objects.contacts.read"]}');
 CREATE TEMP TABLE forbidden AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('contacts')$$) AS run;
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('contacts')$$) AS run;
 SELECT hubsync_test.mock('config', '{"missing_scopes": []}');
 SELECT is((SELECT run->'error'->>'message' FROM forbidden),
           'HubSpot denied access to POST /crm/v3/objects/contacts/search (HTTP 403)', '403: the error names the endpoint');
@@ -254,7 +194,7 @@ SELECT ok((SELECT (run->>'unchanged')::boolean FROM forbidden), '403: nothing wa
 -- 403 on the association read of invoices: the scope of the target type.
 SELECT hubsync_test.mock('config', '{"missing_scopes": ["crm.objects.line_items.read"]}');
 CREATE TEMP TABLE forbidden_links AS
-SELECT pg_temp.run_with($$SELECT * FROM hubsync_incremental('invoices')$$) AS run;
+SELECT hubsync_test.run_with($$SELECT * FROM hubsync_incremental('invoices')$$) AS run;
 SELECT hubsync_test.mock('config', '{"missing_scopes": []}');
 SELECT alike((SELECT run->'error'->>'message' FROM forbidden_links),
              'HubSpot denied access to POST /crm/v4/associations/invoices/line_items/batch/read (HTTP 403)',
