@@ -13,8 +13,8 @@
  * connect.
  *
  * Like dblink, a role that is not a superuser may use this only when the
- * server asked it for a password: otherwise trust or peer authentication
- * would let it act with the server's own credentials.
+ * server asked it for a password, so that the server's own trust or peer
+ * authentication never vouches for it.
  *
  * The connection is driven non-blocking and every wait is on the latch
  * and the socket, so a cancel or statement_timeout interrupts it.
@@ -43,7 +43,7 @@
 /* Seconds allowed to connect to the cron database. */
 #define HS_CRON_CONNECT_TIMEOUT "10"
 
-/* Wait until the libpq socket is ready for what libpq asks, or a wake. */
+/* Wait until the libpq socket is readable (or writable), or the latch is set. */
 static void
 wait_for_socket(PGconn *conn, bool for_write)
 {

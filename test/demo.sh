@@ -4,7 +4,7 @@
 # pg_cron and the local HubSpot-compatible server serving the demo portal
 # (1,124 invoices, about 2,000 contacts, 600 companies, with HubSpot's
 # real rate limits), runs the full sync, edits records in the portal, runs
-# the incremental sync and prints what changed.
+# the incremental sync and prints what changed and what awaits review.
 #
 # Usage: test/demo.sh         run the demo and leave cluster and server up
 #        test/demo.sh stop    stop them
@@ -62,10 +62,10 @@ UNION ALL
 SELECT 'company', id, concat(name, CASE WHEN archived THEN ' (archived)' END) FROM hubsync.companies WHERE id = $company;
 SQL
 
-if sql -At -c "SELECT to_regclass('hubsync.review_queue') IS NOT NULL" | grep -q t; then
-    hs_log "transfer queue awaiting review"
-    sql -c "SELECT * FROM hubsync.review_queue"
-fi
+hs_log "transfer queue awaiting review (the first load was the baseline, so only the edits are queued)"
+sql -c "SELECT queue_id, quickbooks_action, trigger_reason, customer_name, invoice_number,
+               amount, currency, what_changed, approve_with
+          FROM hubsync.review_queue ORDER BY queue_id"
 
 cat <<EOF
 
