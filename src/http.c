@@ -5,7 +5,7 @@
  *
  * A backend must never block inside libcurl: a cancel, statement_timeout
  * or pg_terminate_backend has to take effect within a second even while
- * HubSpot is slow to answer.  So transfers are driven with
+ * HubSpot is slow to respond.  So transfers are driven with
  * curl_multi_socket_action(), and the backend sleeps in a WaitEventSet
  * over its latch and the sockets libcurl reports through its socket
  * callback, calling CHECK_FOR_INTERRUPTS() on every wake.

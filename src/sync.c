@@ -389,7 +389,7 @@ load_entity(SyncRun *run, const char *entity_type)
 
 	/*
 	 * HubSpot rejects search bodies over 3,000 characters.  When the
-	 * property list would not fit, search asks only for the keys and the
+	 * property list would not fit, search requests only the keys and the
 	 * records are read in full with batch read, which has no such limit.
 	 */
 	run->search_properties_json = run->properties_json;
