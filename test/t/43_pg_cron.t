@@ -120,7 +120,7 @@ def check_scheduled_run():
 def check_other_database_run():
     ran = wait_for(lambda: value("SELECT count(*) FROM hubsync.sync_runs WHERE status = 'ok'",
                                  OTHER_DB) == "4", 90, 0.5)
-    tap.ok(ran, "the job made with the hinted statement synced the other database")
+    tap.ok(ran, "the job scheduled from the other database synced it")
 
 
 def check_unschedule(job_id):
