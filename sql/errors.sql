@@ -35,3 +35,10 @@ SET hubsync.hubspot_token = 'pat-na1-shown-to-nobody';
 SHOW hubsync.hubspot_token;
 SELECT current_setting('hubsync.hubspot_token');
 RESET hubsync.hubspot_token;
+
+-- The shipped tracked fields gate the review and cannot be removed.
+DELETE FROM hubsync.tracked_fields WHERE entity_type = 'invoices' AND property_name = 'hs_invoice_status';
+UPDATE hubsync.tracked_fields SET property_name = 'hs_title' WHERE entity_type = 'invoices' AND property_name = 'hs_invoice_status';
+UPDATE hubsync.tracked_fields SET label = 'Invoice status' WHERE entity_type = 'invoices' AND property_name = 'hs_invoice_status';
+-- A rejection needs a reason that is more than white space.
+SELECT * FROM hubsync_reject(1, E'\t\n');

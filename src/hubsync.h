@@ -105,6 +105,7 @@ extern void hs_progress_shmem_startup(void);
 extern void hs_progress_begin(int entity_index, const char *entity_type);
 extern void hs_progress_update(int entity_index, const char *phase,
 							   const HsRunStats *stats, TimestampTz watermark);
-extern void hs_progress_end(int entity_index, const char *error_message, bool pending);
+extern void hs_progress_end(int entity_index, const HsRunStats *stats,
+							const char *error_message, bool pending);
 
 #endif							/* HUBSYNC_H */

@@ -197,7 +197,8 @@ hs_progress_update(int entity_index, const char *phase,
  * next run to write into sync_runs, because this run could not.
  */
 void
-hs_progress_end(int entity_index, const char *error_message, bool pending)
+hs_progress_end(int entity_index, const HsRunStats *stats, const char *error_message,
+				bool pending)
 {
 	ProgressSlot *slot;
 
@@ -207,6 +208,7 @@ hs_progress_end(int entity_index, const char *error_message, bool pending)
 	slot = find_slot(entity_index, false);
 	if (slot != NULL && slot->pid == MyProcPid)
 	{
+		slot->stats = *stats;
 		if (error_message != NULL && pending)
 		{
 			slot->failure_pending = true;

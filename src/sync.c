@@ -728,7 +728,7 @@ hs_sync_entity(const char *entity_type, bool nonatomic, HsSyncMode mode,
 			SPI_commit();
 			SPI_start_transaction();
 			release_run_lock(run);
-			hs_progress_end(run->index, error->message, false);
+			hs_progress_end(run->index, &run->stats, error->message, false);
 			hs_current_stats = previous_stats;
 			MemoryContextSwitchTo(caller);
 			ReThrowError(error);
@@ -739,7 +739,7 @@ hs_sync_entity(const char *entity_type, bool nonatomic, HsSyncMode mode,
 		 * waits in shared memory for the next run to record.
 		 */
 		release_run_lock(run);
-		hs_progress_end(run->index, error->message, true);
+		hs_progress_end(run->index, &run->stats, error->message, true);
 		hs_current_stats = previous_stats;
 		MemoryContextSwitchTo(caller);
 		PG_RE_THROW();
@@ -747,7 +747,7 @@ hs_sync_entity(const char *entity_type, bool nonatomic, HsSyncMode mode,
 	PG_END_TRY();
 
 	release_run_lock(run);
-	hs_progress_end(run->index, NULL, false);
+	hs_progress_end(run->index, &run->stats, NULL, false);
 	hs_current_stats = previous_stats;
 
 	MemoryContextSwitchTo(caller);

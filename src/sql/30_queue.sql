@@ -106,6 +106,30 @@ VALUES
     ('line_items', 'amount',            'Amount',         'numeric', 'Line.Amount', true),
     ('line_items', 'discount',          'Discount',       'numeric', 'discount line', true);
 
+-- The shipped rows are the gates of the review: without hs_invoice_status,
+-- for instance, a draft could not be told from an open invoice and a void
+-- would not be detected.  They can be relabelled but not removed or
+-- pointed at another property.
+CREATE FUNCTION hubsync._keep_default_tracked_field() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF OLD.is_default AND (TG_OP = 'DELETE'
+                           OR (NEW.entity_type, NEW.property_name, NEW.is_default)
+                              IS DISTINCT FROM (OLD.entity_type, OLD.property_name, OLD.is_default)) THEN
+        RAISE EXCEPTION 'tracked field "%" of % is required by hubsync', OLD.property_name, OLD.entity_type
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'Only rows added by users (is_default = false) can be deleted; the label and quickbooks_field of a shipped row may be changed.';
+    END IF;
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END;
+$$;
+
+CREATE TRIGGER tracked_fields_keep_defaults
+    BEFORE UPDATE OR DELETE ON hubsync.tracked_fields
+    FOR EACH ROW EXECUTE FUNCTION hubsync._keep_default_tracked_field();
+
 -- ---------------------------------------------------------------------
 -- State and queue tables
 -- ---------------------------------------------------------------------

@@ -70,7 +70,9 @@ DECLARE
 BEGIN
     IF p_trigger = 'deleted' THEN
         RETURN CASE
-            WHEN p_data ? 'merged_into' THEN format('merged into %s %s in HubSpot', rtrim(p_entity, 's'), p_data->>'merged_into')
+            WHEN p_data ? 'merged_into' THEN format('merged into %s %s in HubSpot',
+                                                             CASE p_entity WHEN 'companies' THEN 'company' ELSE rtrim(p_entity, 's') END,
+                                                             p_data->>'merged_into')
             WHEN coalesce((p_data->>'deleted')::boolean, false) THEN 'deleted in HubSpot'
             ELSE 'archived in HubSpot' END;
     END IF;
@@ -239,12 +241,12 @@ LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    IF p_reason IS NULL OR btrim(p_reason) = '' THEN
+    IF p_reason IS NULL OR p_reason ~ '^[[:space:]]*$' THEN
         RAISE EXCEPTION 'a reason is required to reject %', p_what
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Say why, for the audit: e.g. SELECT hubsync_reject(42, ''duplicate of INV-001234'');';
     END IF;
-    RETURN btrim(p_reason);
+    RETURN btrim(p_reason, E' \t\r\n');
 END;
 $$;
 

@@ -180,8 +180,9 @@ BEGIN
     v_fields := regexp_split_to_array(v_text, E'[ \t]+');
     IF v_text = '' OR cardinality(v_fields) <> 5 THEN
         PERFORM hubsync._cron_invalid(schedule,
-            format('The schedule has %s fields; pg_cron expects 5: minute, hour, day of month, month, day of week.',
-                   CASE WHEN v_text = '' THEN 0 ELSE cardinality(v_fields) END));
+            format('The schedule has %s %s; pg_cron expects 5: minute, hour, day of month, month, day of week.',
+                   CASE WHEN v_text = '' THEN 0 ELSE cardinality(v_fields) END,
+                   CASE WHEN v_text <> '' AND cardinality(v_fields) = 1 THEN 'field' ELSE 'fields' END));
     END IF;
 
     minutes := hubsync._cron_field(schedule, v_fields[1], 'minute', 0, 59);
