@@ -632,6 +632,17 @@ BEGIN
                           ELSE 'null'::jsonb END));
     END IF;
 
+    -- A company customer takes its billing email from the invoice's
+    -- contact, so that email belongs to the invoice's own diff.
+    IF jsonb_typeof(p_new->'customer') = 'object' AND jsonb_typeof(p_old->'customer') = 'object'
+       AND p_new->'customer'->>'entity_type' = 'companies'
+       AND (p_old->'customer'->>'entity_type', p_old->'customer'->>'id')
+           IS NOT DISTINCT FROM (p_new->'customer'->>'entity_type', p_new->'customer'->>'id')
+       AND (p_old->'customer'->>'email') IS DISTINCT FROM (p_new->'customer'->>'email') THEN
+        v_result := v_result || jsonb_build_object('billing_email', jsonb_build_object(
+            'before', p_old->'customer'->'email', 'after', p_new->'customer'->'email'));
+    END IF;
+
     FOREACH v_flag IN ARRAY ARRAY['contact', 'company'] LOOP
         IF p_new ? (v_flag || '_ids')
            AND coalesce(p_old->(v_flag || '_ids'), '[]') IS DISTINCT FROM p_new->(v_flag || '_ids') THEN
@@ -726,7 +737,7 @@ AS $$
             CASE WHEN p_changes ?| ARRAY['contacts', 'companies', 'customer'] THEN 'associations_changed' END,
             CASE WHEN coalesce(p_changes->'fields', '{}') - 'hs_invoice_status' <> '{}'
                       OR (p_entity <> 'invoices' AND p_changes->'fields' ? 'hs_invoice_status')
-                      OR p_changes ?| ARRAY['archived', 'deleted']
+                      OR p_changes ?| ARRAY['archived', 'deleted', 'billing_email']
                  THEN 'modified' END,
             CASE WHEN p_changes ? 'line_items' THEN 'line_items_changed' END
         ], NULL)

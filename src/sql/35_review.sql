@@ -103,6 +103,11 @@ BEGIN
                              p_changes->'customer'->'after'->>'id')
                  ELSE 'none' END);
     END IF;
+    IF p_changes ? 'billing_email' THEN
+        v_parts := v_parts || format('billing email: %s → %s',
+            coalesce(p_changes->'billing_email'->>'before', 'none'),
+            coalesce(p_changes->'billing_email'->>'after', 'none'));
+    END IF;
     FOREACH v_kind IN ARRAY ARRAY['contacts', 'companies'] LOOP
         IF p_changes ? v_kind THEN
             v_parts := v_parts || format('%s: %s → %s', v_kind,

@@ -49,7 +49,7 @@ SELECT set_eq($$SELECT hubspot_id, trigger_reason FROM hubsync.quickbooks_transf
               $$VALUES (2000022::bigint, 'deleted'), (3000008, 'associations_changed'), (3000014, 'associations_changed'),
                        (3000015, 'associations_changed'), (3000018, 'associations_changed')$$,
               'permanent delete: the contact is deleted and its four invoices lose it');
-SELECT is((SELECT what_changed FROM hubsync.review_queue WHERE hubspot_id = 3000015), 'contacts: 2000022 → none',
+SELECT is((SELECT what_changed FROM hubsync.review_queue WHERE hubspot_id = 3000015), 'billing email: rosa.lopez@example.com → none; contacts: 2000022 → none',
           'the invoice entry says so');
 SELECT is((SELECT entity_data->'properties'->>'email' FROM hubsync.quickbooks_transfer_queue WHERE hubspot_id = 2000022),
           'rosa.lopez@example.com', 'the delete entry keeps what was known of the contact');
