@@ -42,7 +42,7 @@
 #include "hubsync.h"
 #include "http.h"
 
-/* Longest sleep between interrupt checks while transfers are running. */
+/* Maximum sleep between interrupt checks while transfers are running. */
 #define HS_MAX_WAIT_MS 1000
 
 /* Largest response body accepted, to bound a backend's memory use. */

@@ -6,7 +6,7 @@
  * hs_api_call() is the one way hubsync talks to HubSpot.  It adds the base
  * URL, paces search requests, retries what can succeed on a second try
  * (transport failures, 5xx, 423 and 477) with exponential backoff and
- * jitter, waits out 429 responses as their policy says, and turns every
+ * jitter, waits out 429 responses as their policy requires, and turns every
  * other failure into an ereport that names the endpoint, the HTTP status,
  * HubSpot's message and correlation id, with a hint where one helps.
  *
@@ -29,7 +29,7 @@
 /* HubSpot's ten-second rolling window, used when no header gives it. */
 #define HS_DEFAULT_RATE_WINDOW_MS 10000
 
-/* HubSpot asks clients to wait at least this long after a 423 Locked. */
+/* Minimum wait after a 423 Locked, as HubSpot's error documentation sets it. */
 #define HS_LOCKED_WAIT_MS 2000
 
 /* When the last search request was sent, for pacing. */

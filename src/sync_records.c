@@ -267,7 +267,7 @@ hs_batch_read(SyncRun *run, List *ids, bool archived)
 			if (response.status == 404)
 			{
 				/*
-				 * HubSpot answers 404 when none of the ids exists.  Only its
+				 * HubSpot returns 404 when none of the ids exists.  Only its
 				 * own OBJECT_NOT_FOUND body counts as that: a 404 from a wrong
 				 * URL must not make records look deleted.
 				 */

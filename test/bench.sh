@@ -3,7 +3,7 @@
 # against the local HubSpot-compatible server, with its rate limits off
 # and search pacing raised, so the figures measure hubsync itself.
 # Prints wall time, records per second, HTTP requests, the time the
-# local server spent answering, and the sync backend's memory: VmHWM
+# local server spent responding, and the sync backend's memory: VmHWM
 # (peak resident, shared buffers included) and RssAnon (private).
 #
 # Usage: test/bench.sh [contacts]     (default 50000)
@@ -28,7 +28,7 @@ hs_log "creating $count contacts in the portal"
 python3 test/hubspot_ctl.py --url "$HS_MOCK_URL" --timeout 600 bulk_stamp \
     "{\"type\":\"contacts\",\"count\":$count,\"modified_at\":1735689600000,\"spread_ms\":997}" >/dev/null
 
-# Milliseconds the server spent answering, summed from its request log
+# Milliseconds the server spent responding, summed from its request log
 # after line $1, to tell hubsync's own time from the server's.
 server_ms() {
     tail -n +"$(($1 + 1))" "$HS_RUN_DIR/mock.log" |
@@ -57,7 +57,7 @@ GROUP BY seconds \gset
 \setenv BENCH_PID :pid
 \! grep -E 'VmHWM|RssAnon' /proc/\$BENCH_PID/status | tr -s ' \\t' ' ' | sed 's/^/    backend memory (peak including shared buffers, private now): /'
 SQL
-    echo "    of which the local server spent $(server_ms "$log_lines") ms answering"
+    echo "    of which the local server spent $(server_ms "$log_lines") ms responding"
 }
 
 hs_log "hardware: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; PostgreSQL $(pg_config --version | awk '{print $2}')"

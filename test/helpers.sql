@@ -8,6 +8,20 @@ CREATE EXTENSION IF NOT EXISTS pg_cron;
 CREATE EXTENSION IF NOT EXISTS hubsync;
 
 CREATE SCHEMA IF NOT EXISTS hubsync_test;
+
+-- Two reviewer logins for the review and audit tests.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hs_test_alice') THEN
+        CREATE ROLE hs_test_alice LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hs_test_bob') THEN
+        CREATE ROLE hs_test_bob LOGIN;
+    END IF;
+END;
+$$;
+GRANT hubsync_reviewer TO hs_test_alice, hs_test_bob;
+
 -- Tests switch to unprivileged roles and still call error_of().
 GRANT USAGE ON SCHEMA hubsync_test TO PUBLIC;
 
@@ -93,7 +107,7 @@ BEGIN
 END;
 $$;
 
--- Helpers of the fault-injection tests.
+-- Helpers that capture a statement's error and compare what runs wrote.
 
 CREATE OR REPLACE FUNCTION hubsync_test.error_of(statement text) RETURNS jsonb
 LANGUAGE plpgsql AS $$

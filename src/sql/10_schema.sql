@@ -60,7 +60,7 @@ COMMENT ON TABLE hubsync.sync_properties IS 'HubSpot properties requested per ob
 COMMENT ON COLUMN hubsync.sync_properties.property_name IS 'HubSpot internal property name (lower case letters, digits and underscores)';
 COMMENT ON COLUMN hubsync.sync_properties.is_default IS 'Shipped with hubsync; the typed columns depend on these rows';
 
--- Reject a row with a message that says what is wrong and what is valid,
+-- Reject a row with a message that states what is wrong and what is valid,
 -- instead of a bare constraint violation.  Names end up in search request
 -- bodies and list URLs, which is why only HubSpot's own name alphabet is
 -- accepted.
@@ -266,7 +266,7 @@ COMMENT ON COLUMN hubsync.associations.label IS 'Association label; NULL for the
 
 -- Sync state, one row per object type.  The cursor (last_modified_at,
 -- last_modified_id) says that every record ordered at or before it by
--- (last-modified time, id) has been written.  indexed_before says that
+-- (last-modified time, id) has been written.  indexed_before means that
 -- every record last modified before that instant was already visible to
 -- HubSpot's search index when it was read; runs re-read from there, which
 -- is how records that the index showed late are picked up.

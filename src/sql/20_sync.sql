@@ -2,7 +2,7 @@
 --
 -- Each function takes one HubSpot response page (or the union of the pages
 -- of one batch) as jsonb and writes it with one statement per table, so a
--- page costs the same few statements whether it holds 1 record or 200.
+-- page costs the same few statements whether it contains 1 record or 200.
 -- The C code calls them through SPI inside the transaction that also moves
 -- the watermark.  None of them is meant to be called by users.
 

@@ -107,7 +107,7 @@ VALUES
     ('line_items', 'discount',          'Discount',       'numeric', 'discount line', true);
 
 -- The shipped rows are the gates of the review: without hs_invoice_status,
--- for instance, a draft could not be told from an open invoice and a void
+-- for instance, a draft could not be distinguished from an open invoice and a void
 -- would not be detected.  They can be relabelled but not removed or
 -- pointed at another property.
 CREATE FUNCTION hubsync._keep_default_tracked_field() RETURNS trigger

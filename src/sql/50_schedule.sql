@@ -382,7 +382,7 @@ END;
 $$;
 
 -- Run one statement in another database of this server, as the current
--- role, and return its first value; src/cron_remote.c says how it
+-- role, and return its first value; src/cron_remote.c describes how it
 -- connects and why roles other than superusers need a password.
 CREATE FUNCTION hubsync._cron_remote(database text, query text, arguments text[])
 RETURNS text

@@ -10,53 +10,25 @@ SELECT hubsync_test.mock('edit', jsonb_build_object('type', 'invoices', 'id', (S
 -- A wrong token: HTTP 401, an error with a hint, and the token in no text.
 SET hubsync.hubspot_token = 'pat-na1-wrong-secret-0000';
 SELECT throws_ok($$SELECT * FROM hubsync_incremental('invoices')$$, '28000', NULL, 'wrong token raises 28000');
-CREATE TEMP TABLE err AS SELECT NULL::text AS message, NULL::text AS detail, NULL::text AS hint;
-DO $$
-DECLARE
-    m text; d text; h text;
-BEGIN
-    PERFORM * FROM hubsync_incremental('invoices');
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS m = MESSAGE_TEXT, d = PG_EXCEPTION_DETAIL, h = PG_EXCEPTION_HINT;
-    UPDATE err SET message = m, detail = d, hint = h;
-END;
-$$;
-SELECT matches((SELECT message FROM err), 'POST /crm/v3/objects/invoices/search.*HTTP 401', 'error names the endpoint and status');
-SELECT matches((SELECT hint FROM err), 'hubsync.hubspot_token', 'hint says how to set the token');
-SELECT matches((SELECT detail FROM err), 'Correlation id', 'detail carries the correlation id');
-SELECT ok((SELECT concat(message, detail, hint) NOT LIKE '%wrong-secret%' FROM err), 'the token appears in no part of the error');
+CREATE TEMP TABLE err AS SELECT hubsync_test.error_of($$SELECT * FROM hubsync_incremental('invoices')$$) AS e;
+SELECT matches((SELECT e->>'message' FROM err), 'POST /crm/v3/objects/invoices/search.*HTTP 401', 'error names the endpoint and status');
+SELECT matches((SELECT e->>'hint' FROM err), 'hubsync.hubspot_token', 'hint says how to set the token');
+SELECT matches((SELECT e->>'detail' FROM err), 'Correlation id', 'detail carries the correlation id');
+SELECT ok((SELECT e::text NOT LIKE '%wrong-secret%' FROM err), 'the token appears in no part of the error');
 RESET hubsync.hubspot_token;
 
 -- A missing scope: HTTP 403 is an error, never "no data".
 SELECT hubsync_test.mock('config', '{"missing_scopes": ["crm.objects.invoices.read"]}');
 SELECT throws_ok($$SELECT * FROM hubsync_incremental('invoices')$$, '42501', NULL, 'missing scope raises 42501');
-DO $$
-DECLARE
-    h text;
-BEGIN
-    PERFORM * FROM hubsync_incremental('invoices');
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT;
-    UPDATE err SET hint = h;
-END;
-$$;
-SELECT matches((SELECT hint FROM err), 'crm.objects.invoices.read', 'hint names the missing scope');
+SELECT matches(hubsync_test.error_of($$SELECT * FROM hubsync_incremental('invoices')$$)->>'hint',
+               'crm.objects.invoices.read', 'hint names the missing scope');
 SELECT hubsync_test.mock('config', '{"missing_scopes": []}');
 
 -- A body that is not JSON: an error naming the endpoint, nothing written.
 SELECT hubsync_test.mock('faults', '{"faults": [{"path": "/crm/v3/objects/invoices/search", "kind": "malformed", "count": -1}]}');
 SELECT throws_ok($$SELECT * FROM hubsync_incremental('invoices')$$, '22032', NULL, 'malformed body raises 22032');
-DO $$
-DECLARE
-    m text;
-BEGIN
-    PERFORM * FROM hubsync_incremental('invoices');
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS m = MESSAGE_TEXT;
-    UPDATE err SET message = m;
-END;
-$$;
-SELECT matches((SELECT message FROM err), 'invalid JSON for POST /crm/v3/objects/invoices/search', 'error names the endpoint');
+SELECT matches(hubsync_test.error_of($$SELECT * FROM hubsync_incremental('invoices')$$)->>'message',
+               'invalid JSON for POST /crm/v3/objects/invoices/search', 'error names the endpoint');
 SELECT isnt((SELECT properties->>'hs_title' FROM hubsync.invoices WHERE id = (SELECT min(id) FROM hubsync.invoices)),
             'changed', 'nothing was written while the body was not JSON');
 SELECT hubsync_test.mock('faults', '{"faults": []}');

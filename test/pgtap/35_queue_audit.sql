@@ -3,18 +3,6 @@
 SELECT hubsync_test.reset('small');
 SELECT plan(14);
 
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hs_test_alice') THEN
-        CREATE ROLE hs_test_alice LOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hs_test_bob') THEN
-        CREATE ROLE hs_test_bob LOGIN;
-    END IF;
-END;
-$$;
-GRANT hubsync_reviewer TO hs_test_alice, hs_test_bob;
-
 CREATE TEMP TABLE run0 AS SELECT * FROM hubsync_full_incremental();
 
 -- One invoice goes through detection, a refresh, an approval, a change
