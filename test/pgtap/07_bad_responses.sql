@@ -8,7 +8,11 @@ SELECT hubsync_test.mock('edit', jsonb_build_object('type', 'invoices', 'id', (S
                                                     'properties', '{"hs_title": "changed"}'::jsonb));
 
 -- A wrong token: HTTP 401, an error with a hint, and the token in no text.
-SET hubsync.hubspot_token = 'pat-na1-wrong-secret-0000';
+-- Statement logging on, and the setting's name in another letter case:
+-- test/t/99_no_secrets.t later checks that the value reached no log line.
+SET log_statement = 'all';
+SET HubSync.HubSpot_Token = 'pat-na1-wrong-secret-0000';
+RESET log_statement;
 SELECT throws_ok($$SELECT * FROM hubsync_incremental('invoices')$$, '28000', NULL, 'wrong token raises 28000');
 CREATE TEMP TABLE err AS SELECT hubsync_test.error_of($$SELECT * FROM hubsync_incremental('invoices')$$) AS e;
 SELECT matches((SELECT e->>'message' FROM err), 'POST /crm/v3/objects/invoices/search.*HTTP 401', 'error names the endpoint and status');
