@@ -58,11 +58,13 @@ SQL
 
 if [ ${#pgtap_files[@]} -gt 0 ]; then
     hs_log "pg_prove: ${#pgtap_files[@]} files"
-    pg_prove -d "$HS_DB" "${pgtap_files[@]}" || status=1
+    pg_prove --failures -d "$HS_DB" "${pgtap_files[@]}" || status=1
 fi
 if [ ${#prove_files[@]} -gt 0 ]; then
     hs_log "prove: ${#prove_files[@]} files"
-    prove "${prove_files[@]}" || status=1
+    # --failures and --comments put the failed checks and their
+    # diagnostics into the output, so a CI log says what failed.
+    prove --failures --comments "${prove_files[@]}" || status=1
 fi
 
 if [ "$status" -ne 0 ]; then
