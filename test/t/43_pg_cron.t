@@ -118,8 +118,8 @@ def check_scheduled_run():
 
 
 def check_other_database_run():
-    ran = wait_for(lambda: value("SELECT count(*) FROM hubsync.sync_runs WHERE status = 'ok'",
-                                 OTHER_DB) == "4", 90, 0.5)
+    ran = wait_for(lambda: value("SELECT count(DISTINCT entity_type) FROM hubsync.sync_runs WHERE status = 'ok'",
+                                 OTHER_DB) == "4", 120, 0.5)
     tap.ok(ran, "the job scheduled from the other database synced it")
 
 
